@@ -1,0 +1,367 @@
+// Package config loads meterd's configuration file (DESIGN.md §3): YAML with every setting defaulted in Default,
+// overridable by METERD_<PATH> environment variables, and validated as a whole so that a bad file fails at start
+// with every problem listed, each with the exact key path and reason.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/meterd/meterd/aggregate/meter"
+	"github.com/meterd/meterd/pricing"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Meters     []meter.Spec       `yaml:"meters"`
+	Instances  []InstanceSpec     `yaml:"instances"`
+	Plans      []pricing.PlanSpec `yaml:"plans"`
+	KooGallery KooGallery         `yaml:"koogallery"`
+	Schedule   Schedule           `yaml:"schedule"`
+	Push       Push               `yaml:"push"`
+	Listen     string             `yaml:"listen"`
+	Ingest     Ingest             `yaml:"ingest"`
+	Store      Store              `yaml:"store"`
+	Kafka      Kafka              `yaml:"kafka"`
+	Pricing    Pricing            `yaml:"pricing"`
+
+	meters  *meter.Set
+	catalog *pricing.Catalog
+}
+
+// InstanceSpec is a pay-per-use instance as written in the config (DESIGN.md §3). Instances may also be managed at
+// run time; the config's are applied at start.
+type InstanceSpec struct {
+	InstanceID        string  `yaml:"instance_id" json:"instance_id"`
+	Subject           string  `yaml:"subject" json:"subject"`
+	Meter             string  `yaml:"meter" json:"meter"`
+	SKU               string  `yaml:"sku" json:"sku"`
+	Status            string  `yaml:"status" json:"status"`
+	StartedAt         string  `yaml:"started_at" json:"started_at"`
+	ReleasedAt        *string `yaml:"released_at" json:"released_at"`
+	RelatePkgInstance *string `yaml:"relate_pkg_instance" json:"relate_pkg_instance"`
+	Site              *string `yaml:"site" json:"site"`
+}
+
+// KooGallery is the usage push endpoint. No endpoint disables pushing: SDRs are built and stay PENDING.
+type KooGallery struct {
+	Endpoint     string          `yaml:"endpoint"`
+	KeyFile      string          `yaml:"key_file"`
+	BatchSize    int             `yaml:"batch_size"`
+	UsageValueAs string          `yaml:"usage_value_as"`
+	Timeout      Duration        `yaml:"timeout"`
+	Sites        map[string]Site `yaml:"sites"`
+}
+
+// Site is an extra KooGallery site an instance may select.
+type Site struct {
+	Endpoint string `yaml:"endpoint"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Schedule is the hourly cycle's timing.
+type Schedule struct {
+	CloseDelay Duration `yaml:"close_delay"`
+	Deadline   Duration `yaml:"deadline"`
+	LatePolicy string   `yaml:"late_policy"`
+}
+
+// Push is the retry policy of the push to KooGallery.
+type Push struct {
+	RetryInitial Duration `yaml:"retry_initial"`
+	RetryMax     Duration `yaml:"retry_max"`
+}
+
+// Ingest is the HTTP ingest.
+type Ingest struct {
+	MaxBody       ByteSize `yaml:"max_body"`
+	TokensFile    string   `yaml:"tokens_file"`
+	MaxEventAge   Duration `yaml:"max_event_age"`
+	MaxFutureSkew Duration `yaml:"max_future_skew"`
+}
+
+// Store selects and configures the storage.
+type Store struct {
+	Driver string      `yaml:"driver"`
+	SQLite SQLiteStore `yaml:"sqlite"`
+}
+
+// SQLiteStore is the embedded store.
+type SQLiteStore struct {
+	Path string `yaml:"path"`
+}
+
+// Kafka is the scale-out ingest.
+type Kafka struct {
+	Brokers  []string `yaml:"brokers"`
+	Topic    string   `yaml:"topic"`
+	GroupID  string   `yaml:"group_id"`
+	DLQTopic string   `yaml:"dlq_topic"`
+}
+
+// Pricing holds display settings of amounts. Amounts are exact everywhere; only what is shown is rounded.
+type Pricing struct {
+	DisplayPlaces int `yaml:"display_places"`
+}
+
+// DedupHorizonMin is the shortest dedup horizon allowed: KooGallery accepts SDRs up to 21 days old, so a repeat
+// of an event must be recognised at least that long (DESIGN.md §4 step 1).
+const DedupHorizonMin = 21 * 24 * time.Hour
+
+// Default returns the configuration used where the file and the environment are silent: every default is here.
+func Default() Config {
+	return Config{
+		KooGallery: KooGallery{BatchSize: 1000, UsageValueAs: "number", Timeout: Duration{Duration: 10 * time.Second}},
+		Schedule: Schedule{CloseDelay: Duration{Duration: 5 * time.Minute}, Deadline: Duration{Duration: 15 * time.Minute},
+			LatePolicy: "carry"},
+		Push:   Push{RetryInitial: Duration{Duration: 2 * time.Second}, RetryMax: Duration{Duration: time.Minute}},
+		Listen: "127.0.0.1:8080",
+		Ingest: Ingest{MaxBody: ByteSize{Bytes: 10 << 20}, MaxEventAge: Duration{Duration: DedupHorizonMin},
+			MaxFutureSkew: Duration{Duration: 5 * time.Minute}},
+		Store:   Store{Driver: "sqlite", SQLite: SQLiteStore{Path: "./meterd-data/meterd.db"}},
+		Kafka:   Kafka{Topic: "usage-events", GroupID: "meterd-collectors", DLQTopic: "usage-events-dlq"},
+		Pricing: Pricing{DisplayPlaces: 2},
+	}
+}
+
+// MeterSet returns the validated meters (after Validate).
+func (c *Config) MeterSet() *meter.Set { return c.meters }
+
+// Catalog returns the validated plan catalog (after Validate).
+func (c *Config) Catalog() *pricing.Catalog { return c.catalog }
+
+// Warnings returns advice about valid but risky settings.
+func (c *Config) Warnings() []string {
+	var w []string
+	if c.Schedule.CloseDelay.Duration < time.Minute {
+		w = append(w, fmt.Sprintf("schedule.close_delay: %s is below 1m: events from clients with a skewed clock may become late usage", c.Schedule.CloseDelay.Duration))
+	}
+	if c.KooGallery.Endpoint == "" {
+		w = append(w, "koogallery.endpoint: not set: pushing is disabled, SDRs will be built and stay PENDING")
+	}
+	return w
+}
+
+// Validate checks the whole configuration and builds its derived parts (meters, plan catalog). It reports every
+// problem at once, one per line, each prefixed with its key path.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	durations := []struct {
+		path string
+		d    Duration
+		min  time.Duration
+	}{
+		{"koogallery.timeout", c.KooGallery.Timeout, time.Millisecond},
+		{"schedule.close_delay", c.Schedule.CloseDelay, 0},
+		{"schedule.deadline", c.Schedule.Deadline, 0},
+		{"push.retry_initial", c.Push.RetryInitial, time.Millisecond},
+		{"push.retry_max", c.Push.RetryMax, time.Millisecond},
+		{"ingest.max_event_age", c.Ingest.MaxEventAge, time.Hour},
+		{"ingest.max_future_skew", c.Ingest.MaxFutureSkew, 0},
+	}
+	for _, d := range durations {
+		switch {
+		case d.d.bad != "":
+			add(d.path, "%s", d.d.bad)
+		case d.d.Duration < d.min:
+			add(d.path, "%s must be at least %s", d.d.Duration, d.min)
+		}
+	}
+	if c.Schedule.Deadline.Duration < c.Schedule.CloseDelay.Duration {
+		add("schedule.deadline", "%s must be >= schedule.close_delay (%s)", c.Schedule.Deadline.Duration, c.Schedule.CloseDelay.Duration)
+	}
+	if c.Schedule.Deadline.Duration > 2*time.Hour {
+		add("schedule.deadline", "%s is beyond KooGallery's 2-hour limit for late reporting", c.Schedule.Deadline.Duration)
+	}
+	if c.Push.RetryMax.Duration < c.Push.RetryInitial.Duration {
+		add("push.retry_max", "%s must be >= push.retry_initial (%s)", c.Push.RetryMax.Duration, c.Push.RetryInitial.Duration)
+	}
+	switch c.Schedule.LatePolicy {
+	case "carry", "drop":
+	default:
+		add("schedule.late_policy", "%q must be carry or drop", c.Schedule.LatePolicy)
+	}
+	if c.KooGallery.BatchSize < 1 || c.KooGallery.BatchSize > 1000 {
+		add("koogallery.batch_size", "%d must be from 1 to 1000 (KooGallery's limit per call)", c.KooGallery.BatchSize)
+	}
+	switch c.KooGallery.UsageValueAs {
+	case "number", "string":
+	default:
+		add("koogallery.usage_value_as", "%q must be number or string", c.KooGallery.UsageValueAs)
+	}
+	if c.KooGallery.Endpoint != "" {
+		if err := checkEndpoint(c.KooGallery.Endpoint); err != nil {
+			add("koogallery.endpoint", "%v", err)
+		}
+	}
+	for name, site := range c.KooGallery.Sites {
+		if err := checkEndpoint(site.Endpoint); err != nil {
+			add("koogallery.sites."+name+".endpoint", "%v", err)
+		}
+	}
+	if c.Ingest.MaxBody.bad != "" {
+		add("ingest.max_body", "%s", c.Ingest.MaxBody.bad)
+	} else if c.Ingest.MaxBody.Bytes < 1024 {
+		add("ingest.max_body", "%d bytes is too small (at least 1KiB)", c.Ingest.MaxBody.Bytes)
+	}
+	if c.Ingest.MaxEventAge.Duration+c.Ingest.MaxFutureSkew.Duration < DedupHorizonMin && c.Ingest.MaxEventAge.bad == "" {
+		add("ingest.max_event_age", "%s: the dedup horizon (max_event_age + max_future_skew) must be at least 21 days (504h)", c.Ingest.MaxEventAge.Duration)
+	}
+	if c.Ingest.TokensFile != "" {
+		if _, err := os.Stat(c.Ingest.TokensFile); err != nil {
+			add("ingest.tokens_file", "%v", err)
+		}
+	}
+	if err := checkListen(c.Listen, c.Ingest.TokensFile != ""); err != nil {
+		add("listen", "%v", err)
+	}
+	switch c.Store.Driver {
+	case "sqlite":
+		if strings.TrimSpace(c.Store.SQLite.Path) == "" {
+			add("store.sqlite.path", "required with driver sqlite")
+		}
+	case "clickhouse":
+		add("store.driver", "clickhouse is not available in this build yet (scale-out lands with issue 7); use sqlite")
+	default:
+		add("store.driver", "%q must be sqlite or clickhouse", c.Store.Driver)
+	}
+	if len(c.Kafka.Brokers) > 0 {
+		add("kafka.brokers", "Kafka ingest is not available in this build yet (scale-out lands with issue 8); leave it empty")
+	}
+	if c.Pricing.DisplayPlaces < 0 || c.Pricing.DisplayPlaces > 10 {
+		add("pricing.display_places", "%d must be from 0 to 10", c.Pricing.DisplayPlaces)
+	}
+
+	meters, err := meter.NewSet(c.Meters, "meters")
+	if err != nil {
+		errs = append(errs, err)
+	}
+	catalog, err := pricing.NewCatalog(c.Plans, "plans")
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if meters != nil {
+		for i, p := range c.Plans {
+			if _, ok := meters.Get(p.Meter); p.Meter != "" && !ok {
+				add(fmt.Sprintf("plans[%d].meter", i), "%q is not a configured meter", p.Meter)
+			}
+		}
+	}
+	errs = append(errs, c.validateInstances(meters)...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	c.meters, c.catalog = meters, catalog
+	return nil
+}
+
+// validateInstances checks the static shape of configured instances; the registry checks lifecycle rules.
+func (c *Config) validateInstances(meters *meter.Set) []error {
+	var errs []error
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	seen := map[string]int{}
+	for i, in := range c.Instances {
+		p := fmt.Sprintf("instances[%d]", i)
+		switch n := len(in.InstanceID); {
+		case n == 0:
+			add(p+".instance_id", "required")
+		case n > 64:
+			add(p+".instance_id", "%d characters, at most 64 (KooGallery's limit)", n)
+		}
+		if prev, dup := seen[in.InstanceID]; dup && in.InstanceID != "" {
+			add(p+".instance_id", "%q already defined at instances[%d]", in.InstanceID, prev)
+		}
+		seen[in.InstanceID] = i
+		if len(in.Subject) > 64 {
+			add(p+".subject", "%d characters, at most 64", len(in.Subject))
+		}
+		if in.Meter == "" {
+			add(p+".meter", "required")
+		} else if meters != nil {
+			if _, ok := meters.Get(in.Meter); !ok {
+				add(p+".meter", "%q is not a configured meter", in.Meter)
+			}
+		}
+		if in.SKU == "" {
+			add(p+".sku", "required (selects the plan)")
+		} else if !hasSKU(c.Plans, in.SKU) {
+			add(p+".sku", "%q has no plan", in.SKU)
+		}
+		switch in.Status {
+		case "", "ACTIVE", "FROZEN", "RELEASED":
+		default:
+			add(p+".status", "%q must be ACTIVE, FROZEN or RELEASED", in.Status)
+		}
+		start, err := time.Parse(time.RFC3339Nano, in.StartedAt)
+		if err != nil {
+			add(p+".started_at", "%q is not an RFC 3339 time", in.StartedAt)
+		}
+		if in.ReleasedAt != nil {
+			rel, err := time.Parse(time.RFC3339Nano, *in.ReleasedAt)
+			switch {
+			case err != nil:
+				add(p+".released_at", "%q is not an RFC 3339 time", *in.ReleasedAt)
+			case !rel.After(start):
+				add(p+".released_at", "%s must be after started_at", *in.ReleasedAt)
+			}
+		}
+		if in.Status == "RELEASED" && in.ReleasedAt == nil {
+			add(p+".released_at", "required when status is RELEASED")
+		}
+		if in.RelatePkgInstance != nil && len(*in.RelatePkgInstance) > 64 {
+			add(p+".relate_pkg_instance", "at most 64 characters")
+		}
+		if in.Site != nil {
+			if _, ok := c.KooGallery.Sites[*in.Site]; !ok {
+				add(p+".site", "%q is not in koogallery.sites", *in.Site)
+			}
+		}
+	}
+	return errs
+}
+
+func hasSKU(plans []pricing.PlanSpec, sku string) bool {
+	for _, p := range plans {
+		if p.SKU == sku {
+			return true
+		}
+	}
+	return false
+}
+
+func checkEndpoint(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return fmt.Errorf("%q must be a full http(s) URL", s)
+	}
+	return nil
+}
+
+// checkListen refuses an address reachable beyond this machine unless bearer tokens guard the API: ingest without
+// auth is only safe on loopback.
+func checkListen(addr string, haveTokens bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("%q must be host:port", addr)
+	}
+	if haveTokens {
+		return nil
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%q is reachable beyond loopback: set ingest.tokens_file (bearer tokens) or listen on 127.0.0.1", addr)
+}
