@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meterd/meterd/aggregate/instance"
 	"github.com/meterd/meterd/aggregate/meter"
 	"github.com/meterd/meterd/pricing"
 )
@@ -19,7 +20,7 @@ import (
 // Config is the whole configuration file.
 type Config struct {
 	Meters     []meter.Spec       `yaml:"meters"`
-	Instances  []InstanceSpec     `yaml:"instances"`
+	Instances  []instance.Spec    `yaml:"instances"`
 	Plans      []pricing.PlanSpec `yaml:"plans"`
 	KooGallery KooGallery         `yaml:"koogallery"`
 	Schedule   Schedule           `yaml:"schedule"`
@@ -32,20 +33,6 @@ type Config struct {
 
 	meters  *meter.Set
 	catalog *pricing.Catalog
-}
-
-// InstanceSpec is a pay-per-use instance as written in the config (DESIGN.md §3). Instances may also be managed at
-// run time; the config's are applied at start.
-type InstanceSpec struct {
-	InstanceID        string  `yaml:"instance_id" json:"instance_id"`
-	Subject           string  `yaml:"subject" json:"subject"`
-	Meter             string  `yaml:"meter" json:"meter"`
-	SKU               string  `yaml:"sku" json:"sku"`
-	Status            string  `yaml:"status" json:"status"`
-	StartedAt         string  `yaml:"started_at" json:"started_at"`
-	ReleasedAt        *string `yaml:"released_at" json:"released_at"`
-	RelatePkgInstance *string `yaml:"relate_pkg_instance" json:"relate_pkg_instance"`
-	Site              *string `yaml:"site" json:"site"`
 }
 
 // KooGallery is the usage push endpoint. No endpoint disables pushing: SDRs are built and stay PENDING.
@@ -69,7 +56,13 @@ type Schedule struct {
 	CloseDelay Duration `yaml:"close_delay"`
 	Deadline   Duration `yaml:"deadline"`
 	LatePolicy string   `yaml:"late_policy"`
+	// PushBudget is the time kept for the push before the deadline: hour H is closed by force at
+	// H+1h+deadline-push_budget even if the watermark lags, so that a dead collector cannot make it miss.
+	PushBudget Duration `yaml:"push_budget"`
 }
+
+// ForceAfter is how long after the end of an hour its close is forced: deadline minus the push budget.
+func (s Schedule) ForceAfter() time.Duration { return s.Deadline.Duration - s.PushBudget.Duration }
 
 // Push is the retry policy of the push to KooGallery.
 type Push struct {
@@ -118,7 +111,7 @@ func Default() Config {
 	return Config{
 		KooGallery: KooGallery{BatchSize: 1000, UsageValueAs: "number", Timeout: Duration{Duration: 10 * time.Second}},
 		Schedule: Schedule{CloseDelay: Duration{Duration: 5 * time.Minute}, Deadline: Duration{Duration: 15 * time.Minute},
-			LatePolicy: "carry"},
+			LatePolicy: "carry", PushBudget: Duration{Duration: 5 * time.Minute}},
 		Push:   Push{RetryInitial: Duration{Duration: 2 * time.Second}, RetryMax: Duration{Duration: time.Minute}},
 		Listen: "127.0.0.1:8080",
 		Ingest: Ingest{MaxBody: ByteSize{Bytes: 10 << 20}, MaxEventAge: Duration{Duration: DedupHorizonMin},
@@ -162,6 +155,7 @@ func (c *Config) Validate() error {
 		{"koogallery.timeout", c.KooGallery.Timeout, time.Millisecond},
 		{"schedule.close_delay", c.Schedule.CloseDelay, 0},
 		{"schedule.deadline", c.Schedule.Deadline, 0},
+		{"schedule.push_budget", c.Schedule.PushBudget, 0},
 		{"push.retry_initial", c.Push.RetryInitial, time.Millisecond},
 		{"push.retry_max", c.Push.RetryMax, time.Millisecond},
 		{"ingest.max_event_age", c.Ingest.MaxEventAge, time.Hour},
@@ -177,6 +171,10 @@ func (c *Config) Validate() error {
 	}
 	if c.Schedule.Deadline.Duration < c.Schedule.CloseDelay.Duration {
 		add("schedule.deadline", "%s must be >= schedule.close_delay (%s)", c.Schedule.Deadline.Duration, c.Schedule.CloseDelay.Duration)
+	}
+	if c.Schedule.Deadline.Duration >= c.Schedule.CloseDelay.Duration && c.Schedule.ForceAfter() < c.Schedule.CloseDelay.Duration {
+		add("schedule.push_budget", "%s leaves no time to close: deadline - push_budget must be >= close_delay (%s)",
+			c.Schedule.PushBudget.Duration, c.Schedule.CloseDelay.Duration)
 	}
 	if c.Schedule.Deadline.Duration > 2*time.Hour {
 		add("schedule.deadline", "%s is beyond KooGallery's 2-hour limit for late reporting", c.Schedule.Deadline.Duration)
@@ -263,80 +261,39 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// validateInstances checks the static shape of configured instances; the registry checks lifecycle rules.
+// validateInstances checks each configured instance on its own and against the meters, plans and sites of this
+// file (instance.ValidateAll); the registry checks the lifecycle rules against what is stored when they are
+// applied. A broken meter list is not consulted, so its mistakes are not reported again on every instance.
 func (c *Config) validateInstances(meters *meter.Set) []error {
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	refs := instance.Refs{
+		// The plans are read from the specs, not the catalog, so that an instance naming a SKU whose plan has
+		// its own problems is not also reported as having no plan.
+		PlanMeter: func(sku string) (string, bool) { return planMeter(c.Plans, sku) },
+		Site: func(name string) bool {
+			_, ok := c.KooGallery.Sites[name]
+			return ok
+		},
 	}
-	seen := map[string]int{}
-	for i, in := range c.Instances {
-		p := fmt.Sprintf("instances[%d]", i)
-		switch n := len(in.InstanceID); {
-		case n == 0:
-			add(p+".instance_id", "required")
-		case n > 64:
-			add(p+".instance_id", "%d characters, at most 64 (KooGallery's limit)", n)
-		}
-		if prev, dup := seen[in.InstanceID]; dup && in.InstanceID != "" {
-			add(p+".instance_id", "%q already defined at instances[%d]", in.InstanceID, prev)
-		}
-		seen[in.InstanceID] = i
-		if len(in.Subject) > 64 {
-			add(p+".subject", "%d characters, at most 64", len(in.Subject))
-		}
-		if in.Meter == "" {
-			add(p+".meter", "required")
-		} else if meters != nil {
-			if _, ok := meters.Get(in.Meter); !ok {
-				add(p+".meter", "%q is not a configured meter", in.Meter)
-			}
-		}
-		if in.SKU == "" {
-			add(p+".sku", "required (selects the plan)")
-		} else if !hasSKU(c.Plans, in.SKU) {
-			add(p+".sku", "%q has no plan", in.SKU)
-		}
-		switch in.Status {
-		case "", "ACTIVE", "FROZEN", "RELEASED":
-		default:
-			add(p+".status", "%q must be ACTIVE, FROZEN or RELEASED", in.Status)
-		}
-		start, err := time.Parse(time.RFC3339Nano, in.StartedAt)
-		if err != nil {
-			add(p+".started_at", "%q is not an RFC 3339 time", in.StartedAt)
-		}
-		if in.ReleasedAt != nil {
-			rel, err := time.Parse(time.RFC3339Nano, *in.ReleasedAt)
-			switch {
-			case err != nil:
-				add(p+".released_at", "%q is not an RFC 3339 time", *in.ReleasedAt)
-			case !rel.After(start):
-				add(p+".released_at", "%s must be after started_at", *in.ReleasedAt)
-			}
-		}
-		if in.Status == "RELEASED" && in.ReleasedAt == nil {
-			add(p+".released_at", "required when status is RELEASED")
-		}
-		if in.RelatePkgInstance != nil && len(*in.RelatePkgInstance) > 64 {
-			add(p+".relate_pkg_instance", "at most 64 characters")
-		}
-		if in.Site != nil {
-			if _, ok := c.KooGallery.Sites[*in.Site]; !ok {
-				add(p+".site", "%q is not in koogallery.sites", *in.Site)
-			}
+	if meters != nil {
+		refs.Meter = func(key string) bool {
+			_, ok := meters.Get(key)
+			return ok
 		}
 	}
-	return errs
+	if err := instance.ValidateAll(c.Instances, "instances", refs); err != nil {
+		return []error{err}
+	}
+	return nil
 }
 
-func hasSKU(plans []pricing.PlanSpec, sku string) bool {
+// planMeter returns the meter priced by the plans of sku (NewCatalog checks that all its versions agree).
+func planMeter(plans []pricing.PlanSpec, sku string) (string, bool) {
 	for _, p := range plans {
 		if p.SKU == sku {
-			return true
+			return p.Meter, true
 		}
 	}
-	return false
+	return "", false
 }
 
 func checkEndpoint(s string) error {

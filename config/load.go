@@ -142,14 +142,26 @@ func walk(v reflect.Value, prefix string, leaf func(path string, v reflect.Value
 }
 
 func setFromEnv(v reflect.Value, s string) error {
+	// A bad duration or size is reported here, naming the variable, and the key keeps its previous value so that
+	// Validate does not report it a second time without the variable's name.
 	switch v.Type() {
 	case durationType:
 		d := v.Addr().Interface().(*Duration)
-		_ = d.set(s) // a bad value is reported by Validate with the key's path
+		prev := *d
+		if _ = d.set(s); d.bad != "" {
+			bad := d.bad
+			*d = prev
+			return errors.New(bad)
+		}
 		return nil
 	case byteSizeType:
 		b := v.Addr().Interface().(*ByteSize)
-		_ = b.set(s)
+		prev := *b
+		if _ = b.set(s); b.bad != "" {
+			bad := b.bad
+			*b = prev
+			return errors.New(bad)
+		}
 		return nil
 	}
 	switch v.Kind() {

@@ -84,13 +84,11 @@ func Decode(header http.Header, body []byte) ([]Item, error) {
 	}
 }
 
-// splitNDJSON returns one item per non-blank line. A line that is not JSON is rejected on its own, naming its
-// line number, and the other lines go on.
+// splitNDJSON returns one item per non-blank line. A line that is not JSON is rejected on its own (its index in
+// the answer tells which) and the other lines go on.
 func splitNDJSON(body []byte) []Item {
 	var items []Item
-	line := 0
 	for len(body) > 0 {
-		line++
 		var l []byte
 		if i := bytes.IndexByte(body, '\n'); i >= 0 {
 			l, body = body[:i], body[i+1:]
@@ -102,7 +100,7 @@ func splitNDJSON(body []byte) []Item {
 			continue
 		}
 		if !json.Valid(l) {
-			items = append(items, Item{Raw: l, Err: invalid(CodeMalformed, "", "not valid JSON (line %d of the request body)", line)})
+			items = append(items, Item{Raw: l, Err: invalid(CodeMalformed, "", "not valid JSON")})
 			continue
 		}
 		items = append(items, Item{Raw: l})

@@ -54,3 +54,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.events, m.rejected, m.requests, m.duration)
 	return m
 }
+
+// EventsCounter returns the counter of an event outcome (accepted, duplicate, rejected), for tests and checks.
+func (m *Metrics) EventsCounter(outcome string) prometheus.Counter {
+	return m.events.WithLabelValues(outcome)
+}
+
+// RejectedCounter returns the counter of a rejection code.
+func (m *Metrics) RejectedCounter(c Code) prometheus.Counter {
+	return m.rejected.WithLabelValues(string(c))
+}
+
+// RequestsCounter returns the counter of an HTTP status.
+func (m *Metrics) RequestsCounter(status int) prometheus.Counter {
+	return m.requests.WithLabelValues(strconv.Itoa(status))
+}

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/go-co-op/gocron/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/meterd/meterd/aggregate"
 	"github.com/meterd/meterd/config"
 	"github.com/meterd/meterd/ingest"
 	"github.com/meterd/meterd/store/sqlite"
@@ -86,6 +88,21 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	api := http.NewServeMux()
 	handler.Register(api)
+	if _, err := startInstances(ctx, cfg, store, log, api); err != nil {
+		return errors.Join(err, store.Close())
+	}
+	closer, err := aggregate.NewCloser(aggregate.CloserConfig{Store: store, Instances: store, Meters: cfg.MeterSet(),
+		Catalog: cfg.Catalog(), Watermark: aggregate.SyncWatermark{}, LatePolicy: aggregate.LatePolicy(cfg.Schedule.LatePolicy),
+		CloseDelay: cfg.Schedule.CloseDelay.Duration, ForceAfter: cfg.Schedule.ForceAfter(), Logger: log,
+		Metrics: aggregate.NewMetrics(reg)})
+	if err != nil {
+		return errors.Join(err, store.Close())
+	}
+	aggregate.NewUsageHandler(closer, log).Register(api)
+	sched, err := startCloseLoop(ctx, closer, log)
+	if err != nil {
+		return errors.Join(err, store.Close())
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", tokens.Wrap(api))
@@ -122,14 +139,18 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
 	case err := <-serveErr:
-		return errors.Join(fmt.Errorf("http server: %w", err), store.Close())
+		return errors.Join(fmt.Errorf("http server: %w", err), sched.Shutdown(), store.Close())
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing requests in flight")
 	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	shutErr := srv.Shutdown(shutCtx)
+	schedErr := sched.Shutdown() // waits for a close in progress: it commits whole or not at all anyway
 	closeErr := store.Close()
+	if schedErr != nil {
+		log.Error("stop scheduler", "err", schedErr)
+	}
 	if shutErr != nil || closeErr != nil {
 		return errors.Join(shutErr, closeErr)
 	}
@@ -146,4 +167,25 @@ func registerBuildInfo(reg prometheus.Registerer) {
 	})
 	g.Set(1)
 	reg.MustRegister(g)
+}
+
+// startCloseLoop closes due hours at every clock minute, and once at start so that hours missed while meterd was
+// down are caught up at once. Singleton mode: a long close is never run twice at the same time.
+func startCloseLoop(ctx context.Context, closer *aggregate.Closer, log *slog.Logger) (gocron.Scheduler, error) {
+	s, err := gocron.NewScheduler(gocron.WithLocation(time.UTC))
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	task := func() {
+		done, err := closer.CloseDue(ctx)
+		if err != nil {
+			log.Error("close hours", "err", err, "closed", len(done))
+		}
+	}
+	if _, err := s.NewJob(gocron.CronJob("* * * * *", false), gocron.NewTask(task),
+		gocron.WithSingletonMode(gocron.LimitModeReschedule), gocron.WithStartAt(gocron.WithStartImmediately())); err != nil {
+		return nil, fmt.Errorf("schedule the hour close: %w", err)
+	}
+	s.Start()
+	return s, nil
 }

@@ -1,6 +1,7 @@
 -- Raw usage events, deduplicated by (source, id). seq is the ingest sequence: it only grows (AUTOINCREMENT never
 -- reuses a value), rows become visible in seq order (SQLite has one writer), and the hour close snapshots
--- max(seq) to decide which events belong to an hour.
+-- max(seq) to decide which events belong to an hour. It may have gaps (a duplicate's INSERT ... ON CONFLICT DO
+-- NOTHING consumes a value); only its order matters.
 CREATE TABLE events (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     source      TEXT    NOT NULL,

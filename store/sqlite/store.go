@@ -49,6 +49,9 @@ type Store struct {
 	done   chan struct{}
 	mu     sync.RWMutex // guards closed against Write racing Close
 	closed bool
+	// Full-chunk inserts, prepared once by the writer goroutine (their only user) after the migrations: parsing a
+	// 64-row statement costs as much as running it.
+	stmtEvents, stmtValues *sql.Stmt
 }
 
 // Open opens (creating if needed) the database at path, applies pending migrations and starts the writer.
@@ -61,6 +64,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	if opts.MaxBatchEvents <= 0 {
 		opts.MaxBatchEvents = 20000
+	}
+	if err := registerDecimalFunctions(); err != nil {
+		return nil, err
 	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -138,5 +144,11 @@ func (s *Store) Close() error {
 	close(s.reqs)
 	s.mu.Unlock()
 	<-s.done
-	return errors.Join(s.write.Close(), s.read.Close())
+	var errs []error
+	for _, st := range []*sql.Stmt{s.stmtEvents, s.stmtValues} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	return errors.Join(append(errs, s.write.Close(), s.read.Close())...)
 }
