@@ -170,13 +170,19 @@ func parseTimeParam(s string, def time.Time) (time.Time, error) {
 	if s == "" {
 		return def, nil
 	}
+	return ParseTime(s)
+}
+
+// ParseTime reads a time of the API and CLI (DESIGN.md §5a): RFC 3339 with any offset and fraction, or an hour
+// named like 2026-11-22T03. The result is UTC.
+func ParseTime(s string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 		return t.UTC(), nil
 	}
 	if t, err := time.Parse("2006-01-02T15", s); err == nil {
 		return t.UTC(), nil
 	}
-	return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time", s)
+	return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time (or an hour like 2026-11-22T03)", s)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"mime"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -46,7 +47,391 @@ func (v *Validator) Validate(raw []byte, at time.Time) (*Event, *Rejection) {
 	return ev, nil
 }
 
+// eventJSON is the raw value of each member of an event object that validation reads (nil when absent), the last
+// one when a key repeats, as decoding into a map would keep.
+type eventJSON struct {
+	specVersion, id, source, typ, subject, time, dataContentType, data []byte
+	hasDataBase64                                                      bool
+}
+
+// scanEvent splits a JSON object into the members validation reads, without decoding anything else. ok is false
+// when raw is not valid JSON or not an object: the decoding path judges those, with its error messages.
+func scanEvent(raw []byte) (e eventJSON, ok bool) {
+	if !json.Valid(raw) {
+		return e, false
+	}
+	i := skipSpace(raw, 0)
+	if raw[i] != '{' {
+		return e, false
+	}
+	i = skipSpace(raw, i+1)
+	if raw[i] == '}' {
+		return e, true
+	}
+	for {
+		kEnd := skipString(raw, i)
+		key := raw[i:kEnd]
+		i = skipSpace(raw, skipSpace(raw, kEnd)+1) // past ':'
+		vEnd := skipValue(raw, i)
+		val := raw[i:vEnd]
+		name := key[1 : len(key)-1]
+		if !plainString(name) {
+			name = []byte(unquote(key))
+		}
+		switch string(name) {
+		case "specversion":
+			e.specVersion = val
+		case "id":
+			e.id = val
+		case "source":
+			e.source = val
+		case "type":
+			e.typ = val
+		case "subject":
+			e.subject = val
+		case "time":
+			e.time = val
+		case "datacontenttype":
+			e.dataContentType = val
+		case "data":
+			e.data = val
+		case "data_base64":
+			e.hasDataBase64 = true
+		}
+		i = skipSpace(raw, vEnd)
+		if raw[i] == '}' {
+			return e, true
+		}
+		i = skipSpace(raw, i+1) // past ','
+	}
+}
+
+// attr reads a required string attribute from its raw value.
+func attr(val []byte, name string, max int) (string, *InvalidError) {
+	if val == nil || val[0] == 'n' {
+		return "", invalid(CodeMissingField, name, "required")
+	}
+	if val[0] != '"' {
+		return "", invalid(CodeMalformed, name, "must be a string")
+	}
+	s := unquote(val)
+	if s == "" {
+		return "", invalid(CodeMissingField, name, "must not be empty")
+	}
+	if n := utf8.RuneCountInString(s); max > 0 && n > max {
+		return "", invalid(CodeTooLong, name, "%d characters, at most %d allowed", n, max)
+	}
+	return s, nil
+}
+
+// validate judges a valid JSON object by reading only the members it needs and the meter values' paths in data;
+// anything else (not JSON, not an object) goes through validateDecoded, whose answers it reproduces exactly.
 func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
+	obj, ok := scanEvent(raw)
+	if !ok {
+		return v.validateDecoded(raw, at)
+	}
+	specVersion, err := attr(obj.specVersion, "specversion", 0)
+	if err != nil {
+		return nil, err
+	}
+	if specVersion != "1.0" {
+		return nil, invalid(CodeBadSpecVersion, "specversion", "%q is not supported, want \"1.0\"", truncate(specVersion, 20))
+	}
+	ev := &Event{ReceivedAt: at.UTC()}
+	if ev.ID, err = attr(obj.id, "id", MaxIDLen); err != nil {
+		return nil, err
+	}
+	if ev.Source, err = attr(obj.source, "source", MaxSourceLen); err != nil {
+		return nil, err
+	}
+	if ev.Type, err = attr(obj.typ, "type", MaxTypeLen); err != nil {
+		return nil, err
+	}
+	if ev.Subject, err = attr(obj.subject, "subject", MaxSubjectLen); err != nil {
+		return nil, err
+	}
+	timeText, err := attr(obj.time, "time", 64)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.checkTime(ev, timeText, at); err != nil {
+		return nil, err
+	}
+	if obj.hasDataBase64 {
+		return nil, invalid(CodeMalformed, "data_base64", "binary data is not supported: send the data as JSON")
+	}
+	if ct := obj.dataContentType; ct != nil && ct[0] == '"' {
+		if s := unquote(ct); !isJSONMediaType(s) {
+			return nil, invalid(CodeMalformed, "datacontenttype", "%q: data must be JSON", truncate(s, 60))
+		}
+	}
+	meters := v.meters.ForType(ev.Type)
+	if len(meters) == 0 {
+		return nil, invalid(CodeUnknownType, "type", "%q feeds no configured meter", truncate(ev.Type, 60))
+	}
+	ev.Values = make([]MeterValue, len(meters))
+	for i, m := range meters {
+		val, verr := m.ExtractJSON(obj.data)
+		if verr != nil {
+			return nil, invalid(CodeBadValue, "data", "meter %s: %v", m.Key, verr)
+		}
+		ev.Values[i] = MeterValue{Meter: val.Meter, Value: val.Text(m.Aggregation)}
+	}
+	var buf [512]byte
+	b := hashPrefix(buf[:0], ev)
+	if obj.data == nil {
+		b = append(b, "null"...)
+	} else if c, ok := appendCanonical(b, obj.data); ok {
+		b = c
+	} else {
+		canonicalData, err := canonicalDecoded(obj.data)
+		if err != nil {
+			return nil, invalid(CodeMalformed, "data", "%v", err)
+		}
+		b = append(b, canonicalData...)
+	}
+	ev.Hash = sha256.Sum256(b)
+	if isCompact(raw) {
+		ev.Raw = bytes.Clone(raw) // what keepRaw would return, without compacting
+	} else {
+		ev.Raw = keepRaw(raw)
+	}
+	return ev, nil
+}
+
+func (v *Validator) checkTime(ev *Event, timeText string, at time.Time) *InvalidError {
+	t, perr := time.Parse(time.RFC3339Nano, timeText)
+	if perr != nil {
+		return invalid(CodeBadTime, "time", "%q is not an RFC 3339 time", timeText)
+	}
+	ev.Time = t.UTC()
+	if oldest := at.Add(-v.maxAge); ev.Time.Before(oldest) {
+		return invalid(CodeTooOld, "time", "%s is older than the max event age %s", ev.Time.Format(time.RFC3339), v.maxAge)
+	}
+	if newest := at.Add(v.maxFuture); ev.Time.After(newest) {
+		return invalid(CodeInFuture, "time", "%s is more than %s in the future", ev.Time.Format(time.RFC3339), v.maxFuture)
+	}
+	return nil
+}
+
+// hashPrefix appends what the content hash covers before the data: type, subject and time, each ended by a zero
+// byte.
+func hashPrefix(b []byte, ev *Event) []byte {
+	b = append(b, ev.Type...)
+	b = append(b, 0)
+	b = append(b, ev.Subject...)
+	b = append(b, 0)
+	b = ev.Time.AppendFormat(b, time.RFC3339Nano)
+	return append(b, 0)
+}
+
+// canonicalDecoded is the canonical form of data by definition: decoded with UseNumber and marshalled again, maps
+// with sorted keys, json.Number keeping its text. appendCanonical produces the same bytes directly when it can.
+func canonicalDecoded(data []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}
+
+// member is one member of a raw JSON object.
+type member struct{ key, val []byte }
+
+// appendCanonical appends the canonical form of the valid JSON value v (what canonicalDecoded returns), without
+// decoding it: whitespace dropped, object keys sorted bytewise with the last copy of a repeated key kept, numbers
+// and literals as written. ok is false, and the caller falls back to canonicalDecoded, when a string is not
+// written the way encoding/json writes it (escapes, <, >, &, U+2028, U+2029 or invalid UTF-8).
+func appendCanonical(dst, v []byte) (out []byte, ok bool) {
+	switch v[0] {
+	case '{':
+		var stack [8]member
+		ms := stack[:0]
+		i := skipSpace(v, 1)
+		if v[i] != '}' {
+			for {
+				kEnd := skipString(v, i)
+				key := v[i+1 : kEnd-1]
+				if !encodedAsIs(key) {
+					return dst, false
+				}
+				i = skipSpace(v, skipSpace(v, kEnd)+1)
+				vEnd := skipValue(v, i)
+				ms = append(ms, member{key, v[i:vEnd]})
+				i = skipSpace(v, vEnd)
+				if v[i] == '}' {
+					break
+				}
+				i = skipSpace(v, i+1)
+			}
+		}
+		slices.SortStableFunc(ms, func(a, b member) int { return bytes.Compare(a.key, b.key) })
+		dst = append(dst, '{')
+		first := true
+		for j, m := range ms {
+			if j+1 < len(ms) && bytes.Equal(m.key, ms[j+1].key) {
+				continue // a later copy of the key replaces this one
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = append(dst, '"')
+			dst = append(dst, m.key...)
+			dst = append(dst, '"', ':')
+			if dst, ok = appendCanonical(dst, m.val); !ok {
+				return dst, false
+			}
+		}
+		return append(dst, '}'), true
+	case '[':
+		dst = append(dst, '[')
+		i := skipSpace(v, 1)
+		if v[i] != ']' {
+			for {
+				end := skipValue(v, i)
+				if dst, ok = appendCanonical(dst, v[i:end]); !ok {
+					return dst, false
+				}
+				i = skipSpace(v, end)
+				if v[i] == ']' {
+					break
+				}
+				dst = append(dst, ',')
+				i = skipSpace(v, i+1)
+			}
+		}
+		return append(dst, ']'), true
+	case '"':
+		if !encodedAsIs(v[1 : len(v)-1]) {
+			return dst, false
+		}
+		return append(dst, v...), true
+	default: // numbers (json.Number keeps their text) and literals
+		return append(dst, v...), true
+	}
+}
+
+// encodedAsIs reports whether encoding/json would write the decoded string exactly as the body of this string
+// token: no escapes, nothing it escapes as HTML (<, >, &) or as a line separator (U+2028, U+2029), valid UTF-8.
+func encodedAsIs(body []byte) bool {
+	for i := 0; i < len(body); {
+		c := body[i]
+		if c < utf8.RuneSelf {
+			if c == '\\' || c == '<' || c == '>' || c == '&' || c < 0x20 {
+				return false
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(body[i:])
+		if (r == utf8.RuneError && size == 1) || r == '\u2028' || r == '\u2029' {
+			return false
+		}
+		i += size
+	}
+	return true
+}
+
+// plainString reports whether the body of a string token is its decoded value: no escapes and valid UTF-8.
+func plainString(body []byte) bool {
+	ascii := true
+	for _, c := range body {
+		if c == '\\' {
+			return false
+		}
+		if c >= utf8.RuneSelf {
+			ascii = false
+		}
+	}
+	return ascii || utf8.Valid(body)
+}
+
+// unquote decodes a string token of valid JSON as encoding/json does (invalid UTF-8 becomes U+FFFD).
+func unquote(tok []byte) string {
+	if body := tok[1 : len(tok)-1]; plainString(body) {
+		return string(body)
+	}
+	var s string
+	_ = json.Unmarshal(tok, &s) // a valid string token always decodes
+	return s
+}
+
+// The scanning helpers below read JSON already known to be valid.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string token starting at b[i].
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// skipValue returns the index after the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return len(b)
+	default:
+		for i < len(b) {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return i
+			}
+			i++
+		}
+		return len(b)
+	}
+}
+
+// isCompact reports whether raw has no whitespace outside its strings, so that compacting it changes nothing.
+func isCompact(raw []byte) bool {
+	for i := 0; i < len(raw); i++ {
+		switch raw[i] {
+		case '"':
+			i = skipString(raw, i) - 1
+		case ' ', '\t', '\n', '\r':
+			return false
+		}
+	}
+	return true
+}
+
+// validateDecoded is the reference validation: the event decoded into a map. validate takes it for what is not a
+// valid JSON object, for its error messages (and its tolerance of what follows the object).
+func (v *Validator) validateDecoded(raw []byte, at time.Time) (*Event, *InvalidError) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var obj map[string]any
@@ -100,16 +485,8 @@ func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
 	if err != nil {
 		return nil, err
 	}
-	t, perr := time.Parse(time.RFC3339Nano, timeText)
-	if perr != nil {
-		return nil, invalid(CodeBadTime, "time", "%q is not an RFC 3339 time", timeText)
-	}
-	ev.Time = t.UTC()
-	if oldest := at.Add(-v.maxAge); ev.Time.Before(oldest) {
-		return nil, invalid(CodeTooOld, "time", "%s is older than the max event age %s", ev.Time.Format(time.RFC3339), v.maxAge)
-	}
-	if newest := at.Add(v.maxFuture); ev.Time.After(newest) {
-		return nil, invalid(CodeInFuture, "time", "%s is more than %s in the future", ev.Time.Format(time.RFC3339), v.maxFuture)
+	if err := v.checkTime(ev, timeText, at); err != nil {
+		return nil, err
 	}
 	if _, ok := obj["data_base64"]; ok {
 		return nil, invalid(CodeMalformed, "data_base64", "binary data is not supported: send the data as JSON")
@@ -136,10 +513,7 @@ func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
 		return nil, invalid(CodeMalformed, "data", "%v", merr)
 	}
 	h := sha256.New()
-	for _, part := range []string{ev.Type, ev.Subject, ev.Time.Format(time.RFC3339Nano)} {
-		h.Write([]byte(part))
-		h.Write([]byte{0})
-	}
+	h.Write(hashPrefix(nil, ev))
 	h.Write(canonicalData)
 	copy(ev.Hash[:], h.Sum(nil))
 	ev.Raw = keepRaw(raw)

@@ -52,12 +52,17 @@ type Value struct {
 	Meter    string
 	Quantity decimal.Decimal
 	Key      string
+	// text, when set, is Quantity.String() computed while parsing (ExtractJSON), so that storing it costs nothing.
+	text string
 }
 
 // Text is the value as stored: the quantity in plain notation, or the distinct key.
 func (v Value) Text(agg Aggregation) string {
 	if agg == UniqueCount {
 		return v.Key
+	}
+	if v.text != "" {
+		return v.text
 	}
 	return v.Quantity.String()
 }
@@ -176,7 +181,17 @@ func (m *Meter) Extract(data any) (Value, error) {
 		return v, nil
 	}
 	raw, found := m.path.FirstFound(data)
-	if !found || raw == nil {
+	if !found {
+		raw = nil
+	}
+	return m.extractFound(raw)
+}
+
+// extractFound judges the value found at the meter's path (nil when there is none) for a SUM, MAX or UNIQUE_COUNT
+// meter.
+func (m *Meter) extractFound(raw any) (Value, error) {
+	v := Value{Meter: m.Key}
+	if raw == nil {
 		return v, fmt.Errorf("value %s missing from data", m.ValueProperty)
 	}
 	if m.Aggregation == UniqueCount {

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/meterd/meterd/aggregate"
 	"github.com/meterd/meterd/ingest"
 )
 
@@ -283,15 +284,7 @@ the run ends with events/s and request latency percentiles (the ingest benchmark
 }
 
 // parseTimeFlag accepts RFC 3339 (offsets and fractions) and the hour shorthand 2026-11-22T03.
-func parseTimeFlag(s string) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t.UTC(), nil
-	}
-	if t, err := time.Parse("2006-01-02T15", s); err == nil {
-		return t.UTC(), nil
-	}
-	return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time (or an hour like 2026-11-22T03)", s)
-}
+func parseTimeFlag(s string) (time.Time, error) { return aggregate.ParseTime(s) }
 
 // eventIndexes yields the index of each event to emit: i itself, or with --duplicate-rate an earlier index.
 func (o *genOptions) eventIndexes(yield func(n, idx int) bool) {

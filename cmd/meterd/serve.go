@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/go-co-op/gocron/v2"
@@ -18,6 +21,8 @@ import (
 	"github.com/meterd/meterd/aggregate"
 	"github.com/meterd/meterd/config"
 	"github.com/meterd/meterd/ingest"
+	"github.com/meterd/meterd/report"
+	"github.com/meterd/meterd/report/koogallery"
 	"github.com/meterd/meterd/store/sqlite"
 )
 
@@ -91,15 +96,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if _, err := startInstances(ctx, cfg, store, log, api); err != nil {
 		return errors.Join(err, store.Close())
 	}
-	closer, err := aggregate.NewCloser(aggregate.CloserConfig{Store: store, Instances: store, Meters: cfg.MeterSet(),
-		Catalog: cfg.Catalog(), Watermark: aggregate.SyncWatermark{}, LatePolicy: aggregate.LatePolicy(cfg.Schedule.LatePolicy),
-		CloseDelay: cfg.Schedule.CloseDelay.Duration, ForceAfter: cfg.Schedule.ForceAfter(), Logger: log,
-		Metrics: aggregate.NewMetrics(reg)})
+	pipe, err := newPipeline(cfg, store, log, reg, holderName("serve"))
 	if err != nil {
 		return errors.Join(err, store.Close())
 	}
-	aggregate.NewUsageHandler(closer, log).Register(api)
-	sched, err := startCloseLoop(ctx, closer, log)
+	aggregate.NewUsageHandler(pipe.closer, log).Register(api)
+	report.NewRecordsHandler(store, nil, log).Register(api)
+	if pipe.keys != nil {
+		stopHUP := reloadKeyOnSIGHUP(pipe.keys, log)
+		defer stopHUP()
+	}
+	sched, err := startCycle(ctx, pipe, log)
 	if err != nil {
 		return errors.Join(err, store.Close())
 	}
@@ -146,7 +153,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	shutErr := srv.Shutdown(shutCtx)
-	schedErr := sched.Shutdown() // waits for a close in progress: it commits whole or not at all anyway
+	schedErr := sched.Shutdown() // waits for a close or push in progress: each commits whole or not at all anyway
+	if err := pipe.pusher.Release(context.Background()); err != nil {
+		log.Warn("release the push lease", "err", err)
+	}
 	closeErr := store.Close()
 	if schedErr != nil {
 		log.Error("stop scheduler", "err", schedErr)
@@ -169,23 +179,57 @@ func registerBuildInfo(reg prometheus.Registerer) {
 	reg.MustRegister(g)
 }
 
-// startCloseLoop closes due hours at every clock minute, and once at start so that hours missed while meterd was
-// down are caught up at once. Singleton mode: a long close is never run twice at the same time.
-func startCloseLoop(ctx context.Context, closer *aggregate.Closer, log *slog.Logger) (gocron.Scheduler, error) {
+// pushInterval is how often the push runs: often enough that a retry after push.retry_initial is not late, cheap
+// when nothing is due (one indexed query).
+const pushInterval = 2 * time.Second
+
+// startCycle runs the hourly cycle: the close at every clock minute, the push every pushInterval, both once at
+// start so that hours missed while meterd was down are caught up at once. Singleton mode: a long run is never
+// started twice at the same time.
+func startCycle(ctx context.Context, p *pipeline, log *slog.Logger) (gocron.Scheduler, error) {
 	s, err := gocron.NewScheduler(gocron.WithLocation(time.UTC))
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
-	task := func() {
-		done, err := closer.CloseDue(ctx)
-		if err != nil {
+	closeTask := func() {
+		if done, err := p.closer.CloseDue(ctx); err != nil {
 			log.Error("close hours", "err", err, "closed", len(done))
 		}
 	}
-	if _, err := s.NewJob(gocron.CronJob("* * * * *", false), gocron.NewTask(task),
-		gocron.WithSingletonMode(gocron.LimitModeReschedule), gocron.WithStartAt(gocron.WithStartImmediately())); err != nil {
+	pushTask := func() {
+		if _, err := p.pusher.RunOnce(ctx, report.RunOptions{}); err != nil && ctx.Err() == nil {
+			log.Error("push", "err", err)
+		}
+	}
+	once := []gocron.JobOption{gocron.WithSingletonMode(gocron.LimitModeReschedule), gocron.WithStartAt(gocron.WithStartImmediately())}
+	if _, err := s.NewJob(gocron.CronJob("* * * * *", false), gocron.NewTask(closeTask), once...); err != nil {
 		return nil, fmt.Errorf("schedule the hour close: %w", err)
+	}
+	if _, err := s.NewJob(gocron.DurationJob(pushInterval), gocron.NewTask(pushTask), once...); err != nil {
+		return nil, fmt.Errorf("schedule the push: %w", err)
 	}
 	s.Start()
 	return s, nil
+}
+
+// reloadKeyOnSIGHUP re-reads the KooGallery key on SIGHUP, so a rotated key is used without a restart.
+func reloadKeyOnSIGHUP(keys *koogallery.KeySource, log *slog.Logger) (stop func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-ch:
+				if err := keys.Reload(); err != nil {
+					log.Error("reload the KooGallery key", "err", err)
+				} else {
+					log.Info("KooGallery key reloaded")
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(ch); close(done) }
 }

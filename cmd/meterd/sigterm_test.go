@@ -38,14 +38,21 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 var listenLine = regexp.MustCompile(`msg=listening addr=(\S+)`)
 
 // startServe runs `meterd serve` on a free loopback port and returns the process and its base URL.
-func startServe(t *testing.T, configPath string) (*exec.Cmd, string, *bytes.Buffer) {
+func startServe(t *testing.T, configPath string, env ...string) (*exec.Cmd, string, *bytes.Buffer) {
+	t.Helper()
+	return startProc(t, append([]string{"METERD_LISTEN=127.0.0.1:0"}, env...), "serve", "--config", configPath)
+}
+
+// startProc runs the meterd binary with args and waits for its "listening" log line, returning the process, its
+// base URL and its logs so far.
+func startProc(t *testing.T, env []string, args ...string) (*exec.Cmd, string, *bytes.Buffer) {
 	t.Helper()
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--config", configPath)
-	cmd.Env = append(os.Environ(), "METERD_LISTEN=127.0.0.1:0")
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -282,38 +282,19 @@ VALUES (?, ?, ?, ?, ?, ?, ?)`, w.InstanceID, w.Meter, w.CloseHour.UnixMilli(), w
 
 // UsageRows returns closed instance-hours in [q.From, q.To), optionally of one instance.
 func (s *Store) UsageRows(ctx context.Context, q aggregate.UsageQuery) ([]aggregate.Row, error) {
-	query := `SELECT instance_id, hour_ms, meter, aggregation, sku, begin_ms, end_ms, events, quantity, late_events,
-late_quantity, unit_scale, carry_in, usage_value, carry_out FROM usage_hours WHERE hour_ms >= ? AND hour_ms < ?`
+	query := `SELECT ` + rowColumns + ` FROM usage_hours u WHERE u.hour_ms >= ? AND u.hour_ms < ?`
 	args := []any{q.From.UnixMilli(), q.To.UnixMilli()}
 	if q.InstanceID != "" {
-		query += " AND instance_id = ?"
+		query += " AND u.instance_id = ?"
 		args = append(args, q.InstanceID)
 	}
-	query += " ORDER BY instance_id, hour_ms"
+	query += " ORDER BY u.instance_id, u.hour_ms"
 	rows, err := s.read.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query usage rows: %w", err)
 	}
 	defer rows.Close()
-	var out []aggregate.Row
-	for rows.Next() {
-		var r aggregate.Row
-		var hour, begin, end int64
-		var dec [6]string
-		if err := rows.Scan(&r.InstanceID, &hour, &r.Meter, &r.Aggregation, &r.SKU, &begin, &end, &r.Events, &dec[0],
-			&r.LateEvents, &dec[1], &dec[2], &dec[3], &dec[4], &dec[5]); err != nil {
-			return nil, fmt.Errorf("read usage row: %w", err)
-		}
-		r.Hour, r.Begin, r.End = time.UnixMilli(hour).UTC(), time.UnixMilli(begin).UTC(), time.UnixMilli(end).UTC()
-		targets := []*decimal.Decimal{&r.Quantity, &r.LateQuantity, &r.UnitScale, &r.CarryIn, &r.UsageValue, &r.CarryOut}
-		for i, t := range targets {
-			if *t, err = decimal.NewFromString(dec[i]); err != nil {
-				return nil, fmt.Errorf("read usage row (%s): %w", r.InstanceID, err)
-			}
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return scanRows(rows)
 }
 
 func nullString(s string) any {

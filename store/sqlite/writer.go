@@ -86,16 +86,21 @@ const (
 	sqlStoredCopy = `SELECT hash, raw FROM events WHERE source = ? AND id = ?`
 	sqlInsertDead = `INSERT INTO dead_letters (source, id, code, reason, event, existing, received_ms)
 VALUES (?, ?, ?, ?, ?, ?, ?)`
+	// sqlLastSeq is AUTOINCREMENT's high-water mark: the largest seq ever used (never reused, even when that row
+	// was deleted). The writer numbers new rows from it inside its transaction, which holds the write lock.
+	sqlLastSeq = `SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)`
+	// sqlSeqsIn lists which of a chunk's seqs were inserted, when the chunk held repeats.
+	sqlSeqsIn = `SELECT seq FROM events WHERE seq >= ? AND seq < ?`
 	// chunkRows is how many rows one INSERT statement carries. Per-statement overhead dominates single-row
-	// inserts through database/sql (about 3/4 of the time, measured); 64 rows x 8 columns stays far below SQLite's
+	// inserts through database/sql (about 3/4 of the time, measured); 64 rows x 9 columns stays far below SQLite's
 	// limit of bound parameters.
 	chunkRows = 64
 )
 
-// insertEventsSQL inserts n events, skipping keys already stored; RETURNING names the rows actually inserted.
+// insertEventsSQL inserts n events with the given seqs, skipping keys already stored (first copy wins).
 func insertEventsSQL(n int) string {
-	return "INSERT INTO events (source, id, type, subject, time_ms, hash, raw, received_ms) VALUES " +
-		placeholders(n, 8) + " ON CONFLICT (source, id) DO NOTHING RETURNING seq, source, id"
+	return "INSERT INTO events (seq, source, id, type, subject, time_ms, hash, raw, received_ms) VALUES " +
+		placeholders(n, 9) + " ON CONFLICT (source, id) DO NOTHING"
 }
 
 func insertValuesSQL(n int) string {
@@ -108,11 +113,14 @@ func placeholders(rows, cols int) string {
 	return row + strings.Repeat(", "+row, rows-1)
 }
 
-type eventKey struct{ source, id string }
-
 // commit writes all requests in one transaction. Events are inserted in request order, so the first copy of a key
-// wins even when several copies arrive in the same batch; the RETURNING clause tells which rows were inserted,
-// and only the others (duplicates and conflicts, rare) are looked up one by one.
+// wins even when several copies arrive in the same batch.
+//
+// Each event gets its seq from the writer, counting up from AUTOINCREMENT's high-water mark: the transaction holds
+// the write lock, so nobody else can take one, and seqs keep growing in commit order as the hour close requires. A
+// seq whose row was not inserted (a repeat) is a gap, as it was with AUTOINCREMENT. A chunk whose rows were all
+// inserted (the changes count says so: the common case) needs nothing more; otherwise the inserted seqs are read
+// back, and only the others (duplicates and conflicts, rare) are looked up one by one.
 func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err error) {
 	ctx := context.Background() // the batch belongs to several requests: none of their contexts may abort it
 	if s.stmtEvents == nil {
@@ -134,6 +142,12 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 			_ = tx.Rollback()
 		}
 	}()
+	var seq int64
+	if err := tx.QueryRowContext(ctx, sqlLastSeq).Scan(&seq); err != nil {
+		return nil, fmt.Errorf("read last ingest sequence: %w", err)
+	}
+	stmtEvents := tx.StmtContext(ctx, s.stmtEvents)
+	stmtValues := tx.StmtContext(ctx, s.stmtValues)
 	type ref struct{ req, idx int }
 	var all []ref
 	results = make([]ingest.WriteResult, len(batch))
@@ -143,7 +157,7 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 			all = append(all, ref{bi, i})
 		}
 	}
-	var values []any
+	values := make([]any, 0, chunkRows*5)
 	var valueRows int
 	flushValues := func() error {
 		if valueRows == 0 {
@@ -151,7 +165,7 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 		}
 		var err error
 		if valueRows == chunkRows {
-			_, err = tx.StmtContext(ctx, s.stmtValues).ExecContext(ctx, values...)
+			_, err = stmtValues.ExecContext(ctx, values...)
 		} else {
 			_, err = tx.ExecContext(ctx, insertValuesSQL(valueRows), values...)
 		}
@@ -161,28 +175,27 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 		values, valueRows = values[:0], 0
 		return nil
 	}
-	var args []any
+	args := make([]any, 0, chunkRows*9)
+	var inserted [chunkRows]bool
 	for start := 0; start < len(all); start += chunkRows {
 		chunk := all[start:min(start+chunkRows, len(all))]
+		first := seq + 1
 		args = args[:0]
 		for _, r := range chunk {
 			ev := batch[r.req].events[r.idx]
-			args = append(args, ev.Source, ev.ID, ev.Type, ev.Subject, ev.Time.UnixMilli(), ev.Hash[:], string(ev.Raw), ev.ReceivedAt.UnixMilli())
+			seq++
+			args = append(args, seq, ev.Source, ev.ID, ev.Type, ev.Subject, ev.Time.UnixMilli(), ev.Hash[:], string(ev.Raw), ev.ReceivedAt.UnixMilli())
 		}
-		inserted, err := s.insertChunk(ctx, tx, len(chunk), args)
-		if err != nil {
+		if err := s.insertChunk(ctx, tx, stmtEvents, first, len(chunk), args, inserted[:len(chunk)]); err != nil {
 			return nil, err
 		}
-		for _, r := range chunk {
+		for j, r := range chunk {
 			ev := batch[r.req].events[r.idx]
 			res := &results[r.req]
-			k := eventKey{ev.Source, ev.ID}
-			seq, ok := inserted[k]
-			if ok {
-				delete(inserted, k) // a second copy of the key in this chunk was not inserted
+			if inserted[j] {
 				res.Outcomes[r.idx] = ingest.Stored
 				for _, v := range ev.Values {
-					values = append(values, seq, v.Meter, ev.Subject, ev.Time.UnixMilli(), v.Value)
+					values = append(values, first+int64(j), v.Meter, ev.Subject, ev.Time.UnixMilli(), v.Value)
 					if valueRows++; valueRows == chunkRows {
 						if err := flushValues(); err != nil {
 							return nil, err
@@ -230,32 +243,45 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 	return results, nil
 }
 
-// insertChunk inserts n events and returns the sequence of each key it inserted.
-func (s *Store) insertChunk(ctx context.Context, tx *sql.Tx, n int, args []any) (map[eventKey]int64, error) {
-	var rows *sql.Rows
+// insertChunk inserts n events numbered first, first+1, ... and sets inserted[j] for each row actually inserted.
+func (s *Store) insertChunk(ctx context.Context, tx *sql.Tx, full *sql.Stmt, first int64, n int, args []any, inserted []bool) error {
+	var res sql.Result
 	var err error
 	if n == chunkRows {
-		rows, err = tx.StmtContext(ctx, s.stmtEvents).QueryContext(ctx, args...)
+		res, err = full.ExecContext(ctx, args...)
 	} else {
-		rows, err = tx.QueryContext(ctx, insertEventsSQL(n), args...)
+		res, err = tx.ExecContext(ctx, insertEventsSQL(n), args...)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("insert events: %w", err)
+		return fmt.Errorf("insert events: %w", err)
+	}
+	count, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("insert events: %w", err)
+	}
+	all := count == int64(n)
+	for j := range inserted {
+		inserted[j] = all
+	}
+	if all {
+		return nil
+	}
+	rows, err := tx.QueryContext(ctx, sqlSeqsIn, first, first+int64(n))
+	if err != nil {
+		return fmt.Errorf("read inserted events: %w", err)
 	}
 	defer rows.Close()
-	inserted := make(map[eventKey]int64, n)
 	for rows.Next() {
 		var seq int64
-		var k eventKey
-		if err := rows.Scan(&seq, &k.source, &k.id); err != nil {
-			return nil, fmt.Errorf("insert events: %w", err)
+		if err := rows.Scan(&seq); err != nil {
+			return fmt.Errorf("read inserted events: %w", err)
 		}
-		inserted[k] = seq
+		inserted[seq-first] = true
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("insert events: %w", err)
+		return fmt.Errorf("read inserted events: %w", err)
 	}
-	return inserted, nil
+	return nil
 }
 
 func nullable(b json.RawMessage) any {

@@ -1,0 +1,293 @@
+package meter
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+
+	"github.com/ohler55/ojg/jp"
+	"github.com/shopspring/decimal"
+)
+
+// ExtractJSON is Extract over the event's data as raw JSON (nil when the event has none), without decoding it into
+// maps: only the members and elements on the value's path are looked at. data must be valid JSON (it comes from a
+// validated event). The result and the errors are those of Extract on the same data decoded with UseNumber: a
+// repeated object key means its last value, a negative index counts from the end, strings are unescaped with
+// invalid UTF-8 replaced by U+FFFD.
+func (m *Meter) ExtractJSON(data []byte) (Value, error) {
+	if m.Aggregation == Count {
+		return m.Extract(nil)
+	}
+	raw, found := lookup(m.path, data)
+	if !found || raw[0] == 'n' { // absent or null
+		return m.extractFound(nil)
+	}
+	var val any
+	switch raw[0] {
+	case '"':
+		s := unquote(raw)
+		if m.Aggregation != UniqueCount {
+			// The common case: a plain decimal needs neither the general parser nor big-number formatting.
+			if text, q, ok := plainQuantity(s); ok {
+				return Value{Meter: m.Key, Quantity: q, text: text}, nil
+			}
+		}
+		val = s
+	case '{':
+		val = map[string]any(nil) // only its kind matters: it is refused
+	case '[':
+		val = []any(nil)
+	case 't':
+		val = true
+	case 'f':
+		val = false
+	default:
+		if m.Aggregation != UniqueCount {
+			if text, q, ok := plainQuantity(string(raw)); ok {
+				return Value{Meter: m.Key, Quantity: q, text: text}, nil
+			}
+		}
+		val = json.Number(raw)
+	}
+	return m.extractFound(val)
+}
+
+// lookup follows a singular path (root, then children and indexes) through raw JSON.
+func lookup(path jp.Expr, data []byte) ([]byte, bool) {
+	cur := bytes.TrimSpace(data)
+	if len(cur) == 0 || len(path) < 2 {
+		return nil, false
+	}
+	for _, f := range path[1:] {
+		var ok bool
+		switch step := f.(type) {
+		case jp.Child:
+			cur, ok = member(cur, string(step))
+		case jp.Nth:
+			cur, ok = element(cur, int(step))
+		}
+		if !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+// member returns the value of key in a raw JSON object: the last one when the key repeats, as decoding into a map
+// keeps.
+func member(obj []byte, key string) ([]byte, bool) {
+	if obj[0] != '{' {
+		return nil, false
+	}
+	var found []byte
+	i := skipSpace(obj, 1)
+	if obj[i] == '}' {
+		return nil, false
+	}
+	for {
+		kEnd := skipString(obj, i)
+		k := obj[i:kEnd]
+		i = skipSpace(obj, skipSpace(obj, kEnd)+1) // past ':'
+		vEnd := skipValue(obj, i)
+		if keyEquals(k, key) {
+			found = obj[i:vEnd]
+		}
+		i = skipSpace(obj, vEnd)
+		if obj[i] == '}' {
+			return found, found != nil
+		}
+		i = skipSpace(obj, i+1) // past ','
+	}
+}
+
+// element returns element n of a raw JSON array; a negative n counts from the end.
+func element(arr []byte, n int) ([]byte, bool) {
+	if arr[0] != '[' {
+		return nil, false
+	}
+	if n < 0 {
+		count := 0
+		forEachElement(arr, func([]byte) bool { count++; return true })
+		n += count
+		if n < 0 {
+			return nil, false
+		}
+	}
+	var found []byte
+	k := 0
+	forEachElement(arr, func(e []byte) bool {
+		if k == n {
+			found = e
+			return false
+		}
+		k++
+		return true
+	})
+	return found, found != nil
+}
+
+func forEachElement(arr []byte, yield func([]byte) bool) {
+	i := skipSpace(arr, 1)
+	if arr[i] == ']' {
+		return
+	}
+	for {
+		end := skipValue(arr, i)
+		if !yield(arr[i:end]) {
+			return
+		}
+		i = skipSpace(arr, end)
+		if arr[i] == ']' {
+			return
+		}
+		i = skipSpace(arr, i+1)
+	}
+}
+
+// keyEquals compares a raw JSON string token with a decoded key.
+func keyEquals(tok []byte, key string) bool {
+	body := tok[1 : len(tok)-1]
+	if plainString(body) {
+		return string(body) == key
+	}
+	return unquote(tok) == key
+}
+
+// plainString reports whether the body of a string token is its decoded value: no escapes and valid UTF-8.
+func plainString(body []byte) bool {
+	ascii := true
+	for _, c := range body {
+		if c == '\\' {
+			return false
+		}
+		if c >= utf8.RuneSelf {
+			ascii = false
+		}
+	}
+	return ascii || utf8.Valid(body)
+}
+
+// unquote decodes a raw JSON string token as encoding/json does.
+func unquote(tok []byte) string {
+	if body := tok[1 : len(tok)-1]; plainString(body) {
+		return string(body)
+	}
+	var s string
+	_ = json.Unmarshal(tok, &s) // tok is a valid string token
+	return s
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string token starting at b[i].
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// skipValue returns the index after the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return len(b)
+	default:
+		for i < len(b) {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return i
+			}
+			i++
+		}
+		return len(b)
+	}
+}
+
+// plainQuantity is ParseQuantity for the common case, unsigned digits with an optional fraction and at most 18
+// significant digits, without its general parsing: the value, and the text Decimal.String would give it. ok is
+// false for anything else (signs, exponents, limits exceeded, not a number), which ParseQuantity then judges.
+func plainQuantity(s string) (text string, q decimal.Decimal, ok bool) {
+	i := 0
+	for i < len(s) && isDigit(s[i]) {
+		i++
+	}
+	intPart, frac := s[:i], ""
+	if i == 0 {
+		return "", q, false
+	}
+	if i < len(s) {
+		if s[i] != '.' {
+			return "", q, false
+		}
+		frac = s[i+1:]
+		if frac == "" {
+			return "", q, false
+		}
+		for j := 0; j < len(frac); j++ {
+			if !isDigit(frac[j]) {
+				return "", q, false
+			}
+		}
+	}
+	for len(intPart) > 1 && intPart[0] == '0' {
+		intPart = intPart[1:]
+	}
+	for frac != "" && frac[len(frac)-1] == '0' {
+		frac = frac[:len(frac)-1]
+	}
+	intDigits := len(intPart)
+	if intPart == "0" {
+		intDigits = 0
+	}
+	if len(frac) > MaxFractionalDigits || intDigits > MaxIntegerDigits || intDigits+len(frac) > 18 {
+		return "", q, false
+	}
+	var coef int64
+	for j := 0; j < len(intPart); j++ {
+		coef = coef*10 + int64(intPart[j]-'0')
+	}
+	for j := 0; j < len(frac); j++ {
+		coef = coef*10 + int64(frac[j]-'0')
+	}
+	q = decimal.New(coef, -int32(len(frac)))
+	switch {
+	case frac == "" && len(intPart) == len(s):
+		text = s
+	case frac == "":
+		text = intPart
+	case len(intPart)+1+len(frac) == len(s):
+		text = s
+	default:
+		text = intPart + "." + frac
+	}
+	return text, q, true
+}
