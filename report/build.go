@@ -37,11 +37,17 @@ func NewBuilder(cfg BuildConfig) *Builder { return &Builder{cfg: cfg} }
 // same bytes.
 func (b *Builder) Build(ctx context.Context, epoch int64, now time.Time) (int, error) {
 	built := 0
+	var afterHour time.Time
+	var afterInstance string
 	for {
-		rows, err := b.cfg.Ledger.UnbuiltRows(ctx, buildBatch)
+		// A keyset cursor: each batch starts after the last row of the previous one instead of scanning the hour
+		// again.
+		rows, err := b.cfg.Ledger.UnbuiltRows(ctx, afterHour, afterInstance, buildBatch)
 		if err != nil || len(rows) == 0 {
 			return built, err
 		}
+		last := rows[len(rows)-1]
+		afterHour, afterInstance = last.Hour, last.InstanceID
 		sdrs, err := b.fromRows(ctx, rows)
 		if err != nil {
 			return built, err
@@ -55,7 +61,7 @@ func (b *Builder) Build(ctx context.Context, epoch int64, now time.Time) (int, e
 
 // Preview returns the SDRs Build would create now, without creating them.
 func (b *Builder) Preview(ctx context.Context) ([]SDR, error) {
-	rows, err := b.cfg.Ledger.UnbuiltRows(ctx, 100000)
+	rows, err := b.cfg.Ledger.UnbuiltRows(ctx, time.Time{}, "", 100000)
 	if err != nil {
 		return nil, err
 	}

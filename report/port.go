@@ -42,8 +42,9 @@ type Ledger interface {
 	AcquireLease(ctx context.Context, holder string, now time.Time, ttl time.Duration) (Lease, bool, error)
 	// ReleaseLease gives the lease up (on shutdown) so another scheduler can take over at once.
 	ReleaseLease(ctx context.Context, holder string, epoch int64) error
-	// UnbuiltRows returns closed instance-hours with a usage_value > 0 and no SDR yet, oldest first.
-	UnbuiltRows(ctx context.Context, limit int) ([]aggregate.Row, error)
+	// UnbuiltRows returns closed instance-hours with a usage_value > 0 and no SDR yet, ordered by (hour,
+	// instance), after the given position (zero values: from the start).
+	UnbuiltRows(ctx context.Context, afterHour time.Time, afterInstance string, limit int) ([]aggregate.Row, error)
 	// PeriodUsage sums the usage_value of an instance's SDRs with begin in [from, to), excluding REJECTED, EXPIRED
 	// and ASYNC_REJECTED: the cumulative usage of a step plan's period.
 	PeriodUsage(ctx context.Context, instanceID string, from, to time.Time) (decimal.Decimal, error)

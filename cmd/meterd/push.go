@@ -45,7 +45,7 @@ exits 1.`,
 			}
 			defer store.Close()
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			p, err := newPipeline(cfg, store, log, prometheus.NewRegistry(), holderName("cli"))
+			p, err := newPipeline(cfg, store, log, prometheus.NewRegistry(), holderName("cli"), nil)
 			if err != nil {
 				return err
 			}

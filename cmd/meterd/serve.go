@@ -96,7 +96,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if _, err := startInstances(ctx, cfg, store, log, api); err != nil {
 		return errors.Join(err, store.Close())
 	}
-	pipe, err := newPipeline(cfg, store, log, reg, holderName("serve"))
+	pipe, err := newPipeline(cfg, store, log, reg, holderName("serve"), nil)
 	if err != nil {
 		return errors.Join(err, store.Close())
 	}

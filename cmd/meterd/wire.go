@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -23,12 +24,16 @@ type pipeline struct {
 	keys   *koogallery.KeySource // nil when pushing is disabled (no endpoint)
 }
 
-// newPipeline wires the close and the push from the config. reg may be a throwaway registry for one-shot commands.
-func newPipeline(cfg *config.Config, store *sqlite.Store, log *slog.Logger, reg prometheus.Registerer, holder string) (*pipeline, error) {
+// newPipeline wires the close and the push from the config. reg may be a throwaway registry for one-shot commands;
+// now is the clock of every part (nil: time.Now; the demo replays hours on a simulated one).
+func newPipeline(cfg *config.Config, store *sqlite.Store, log *slog.Logger, reg prometheus.Registerer, holder string, now func() time.Time) (*pipeline, error) {
+	if now == nil {
+		now = time.Now
+	}
 	closer, err := aggregate.NewCloser(aggregate.CloserConfig{Store: store, Instances: store, Meters: cfg.MeterSet(),
 		Catalog: cfg.Catalog(), Watermark: aggregate.SyncWatermark{}, LatePolicy: aggregate.LatePolicy(cfg.Schedule.LatePolicy),
 		CloseDelay: cfg.Schedule.CloseDelay.Duration, ForceAfter: cfg.Schedule.ForceAfter(), Logger: log,
-		Metrics: aggregate.NewMetrics(reg)})
+		Metrics: aggregate.NewMetrics(reg), Now: now})
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +45,7 @@ func newPipeline(cfg *config.Config, store *sqlite.Store, log *slog.Logger, reg 
 			return nil, usagef("koogallery.key_file (or METERD_KOOGALLERY_KEY): %v", err)
 		}
 		c, err := koogallery.NewClient(koogallery.Config{Endpoint: cfg.KooGallery.Endpoint, Key: p.keys.Key,
-			Timeout: cfg.KooGallery.Timeout.Duration, Metrics: koogallery.NewMetrics(reg)})
+			Timeout: cfg.KooGallery.Timeout.Duration, Metrics: koogallery.NewMetrics(reg), Now: now})
 		if err != nil {
 			return nil, usagef("koogallery: %v", err)
 		}
@@ -51,7 +56,7 @@ func newPipeline(cfg *config.Config, store *sqlite.Store, log *slog.Logger, reg 
 		ValueAs: koogallery.ValueAs(cfg.KooGallery.UsageValueAs)})
 	p.pusher, err = report.NewPusher(report.PusherConfig{Ledger: store, Builder: builder, Instances: store, Client: client,
 		Holder: holder, BatchSize: cfg.KooGallery.BatchSize, RetryInitial: cfg.Push.RetryInitial.Duration,
-		RetryMax: cfg.Push.RetryMax.Duration, Logger: log, Metrics: report.NewMetrics(reg)})
+		RetryMax: cfg.Push.RetryMax.Duration, Logger: log, Metrics: report.NewMetrics(reg), Now: now})
 	if err != nil {
 		return nil, err
 	}

@@ -94,14 +94,18 @@ u.late_events, u.late_quantity, u.unit_scale, u.carry_in, u.usage_value, u.carry
 // UnbuiltRows returns closed instance-hours with usage and no SDR yet. Hours close in order and are built in
 // order, so only hours from the newest one with an SDR onwards can hold unbuilt rows: the scan starts there
 // instead of reading all of usage_hours.
-func (s *Store) UnbuiltRows(ctx context.Context, limit int) ([]aggregate.Row, error) {
+func (s *Store) UnbuiltRows(ctx context.Context, afterHour time.Time, afterInstance string, limit int) ([]aggregate.Row, error) {
 	var from int64
 	if err := s.read.QueryRowContext(ctx, `SELECT coalesce(max(hour_ms), 0) FROM sdrs WHERE revision = 0`).Scan(&from); err != nil {
 		return nil, fmt.Errorf("read SDR build position: %w", err)
 	}
-	rows, err := s.read.QueryContext(ctx, `SELECT `+rowColumns+` FROM usage_hours u WHERE u.hour_ms >= ? AND u.usage_value != '0'
-AND NOT EXISTS (SELECT 1 FROM sdrs s WHERE s.instance_id = u.instance_id AND s.hour_ms = u.hour_ms)
-ORDER BY u.hour_ms, u.instance_id LIMIT ?`, from, limit)
+	after := int64(-1) << 62
+	if !afterHour.IsZero() {
+		after = afterHour.UnixMilli()
+	}
+	rows, err := s.read.QueryContext(ctx, `SELECT `+rowColumns+` FROM usage_hours u WHERE u.hour_ms >= ? AND (u.hour_ms, u.instance_id) > (?, ?)
+AND u.usage_value != '0' AND NOT EXISTS (SELECT 1 FROM sdrs s WHERE s.instance_id = u.instance_id AND s.hour_ms = u.hour_ms)
+ORDER BY u.hour_ms, u.instance_id LIMIT ?`, from, after, afterInstance, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read unbuilt rows: %w", err)
 	}
@@ -223,8 +227,10 @@ func (s *Store) MarkSending(ctx context.Context, epoch int64, sns []string, now 
 			for _, sn := range part {
 				args = append(args, sn)
 			}
+			// The unary + keeps SQLite on the primary key: with the state index it would scan every pending SDR for
+			// each chunk (quadratic in the size of an hour: 100,000 SDRs took 91 s instead of seconds).
 			if _, err := tx.ExecContext(ctx, `UPDATE sdrs SET state = 'SENT', unknown_attempts = unknown_attempts + 1,
-attempts = attempts + 1, updated_ms = ?, epoch = ? WHERE state IN ('PENDING', 'SENT') AND metering_sn IN `+inList(len(part)), args...); err != nil {
+attempts = attempts + 1, updated_ms = ?, epoch = ? WHERE metering_sn IN `+inList(len(part))+` AND +state IN ('PENDING', 'SENT')`, args...); err != nil {
 				return fmt.Errorf("mark SDRs sending: %w", err)
 			}
 		}
@@ -253,7 +259,7 @@ latency_ms, epoch, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		}
 		upd, err := tx.PrepareContext(ctx, `UPDATE sdrs SET state = ?, last_code = ?, reason = ?,
 unknown_attempts = max(0, unknown_attempts - ?), next_attempt_ms = ?, accepted_ms = coalesce(?, accepted_ms), epoch = ?, updated_ms = ?
-WHERE metering_sn = ? AND state IN ('PENDING', 'SENT')`)
+WHERE metering_sn = ? AND +state IN ('PENDING', 'SENT')`)
 		if err != nil {
 			return err
 		}

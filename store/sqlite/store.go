@@ -98,6 +98,9 @@ func openDB(path string, readOnly bool) (*sql.DB, error) {
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)")
+	// 64 MiB of page cache per connection (SQLite's default is 2 MiB): an hour's SDRs, keyed by a hash-like
+	// metering_sn, are written at random pages; with the default cache 100,000 of them took 4x longer per row.
+	q.Add("_pragma", "cache_size(-65536)")
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
 	} else {
