@@ -30,6 +30,7 @@ type Config struct {
 	Store      Store              `yaml:"store"`
 	Kafka      Kafka              `yaml:"kafka"`
 	Pricing    Pricing            `yaml:"pricing"`
+	Reconcile  Reconcile          `yaml:"reconcile"`
 
 	meters  *meter.Set
 	catalog *pricing.Catalog
@@ -102,6 +103,32 @@ type Pricing struct {
 	DisplayPlaces int `yaml:"display_places"`
 }
 
+// Reconcile configures the import of KooGallery's console exports, bill details and SDR Management (`meterd report
+// reconcile --bill`): the exports' column names, how far an amount may differ before it is listed, and which status
+// values mark an SDR KooGallery refused after accepting it.
+type Reconcile struct {
+	BillColumns BillColumns `yaml:"bill_columns"`
+	// AmountTolerance is the largest difference between the ledger's exact amount and the bill's that is not
+	// listed, a non-negative decimal; "0" lists every difference.
+	AmountTolerance string `yaml:"amount_tolerance"`
+	// AbnormalStatuses are the status values (compared without regard to case) of records KooGallery refused
+	// asynchronously: such an SDR becomes ASYNC_REJECTED and is re-reported under its next revision.
+	AbnormalStatuses []string `yaml:"abnormal_statuses"`
+}
+
+// BillColumns are the header names of an export's columns, compared without regard to case or surrounding space.
+// A row is matched by metering_sn when it has one, else by instance_id and period (begin_time, end_time). An empty
+// name says the exports have no such column; then metering_sn, or instance_id, begin_time and end_time, must remain.
+type BillColumns struct {
+	MeteringSN string `yaml:"metering_sn"`
+	InstanceID string `yaml:"instance_id"`
+	BeginTime  string `yaml:"begin_time"`
+	EndTime    string `yaml:"end_time"`
+	Usage      string `yaml:"usage"`
+	Amount     string `yaml:"amount"`
+	Status     string `yaml:"status"`
+}
+
 // DedupHorizonMin is the shortest dedup horizon allowed: KooGallery accepts SDRs up to 21 days old, so a repeat
 // of an event must be recognised at least that long (DESIGN.md §4 step 1).
 const DedupHorizonMin = 21 * 24 * time.Hour
@@ -119,6 +146,12 @@ func Default() Config {
 		Store:   Store{Driver: "sqlite", SQLite: SQLiteStore{Path: "./meterd-data/meterd.db"}},
 		Kafka:   Kafka{Topic: "usage-events", GroupID: "meterd-collectors", DLQTopic: "usage-events-dlq"},
 		Pricing: Pricing{DisplayPlaces: 2},
+		Reconcile: Reconcile{
+			BillColumns: BillColumns{MeteringSN: "metering_sn", InstanceID: "instance_id", BeginTime: "begin_time",
+				EndTime: "end_time", Usage: "usage_value", Amount: "amount", Status: "status"},
+			AmountTolerance:  "0.01",
+			AbnormalStatuses: []string{"ABNORMAL", "FAILED", "REJECTED"},
+		},
 	}
 }
 
@@ -238,6 +271,8 @@ func (c *Config) Validate() error {
 		add("pricing.display_places", "%d must be from 0 to 10", c.Pricing.DisplayPlaces)
 	}
 
+	errs = append(errs, c.Reconcile.validate("reconcile")...)
+
 	meters, err := meter.NewSet(c.Meters, "meters")
 	if err != nil {
 		errs = append(errs, err)
@@ -259,6 +294,45 @@ func (c *Config) Validate() error {
 	}
 	c.meters, c.catalog = meters, catalog
 	return nil
+}
+
+// validate checks the reconcile section; path is its key path.
+func (r Reconcile) validate(path string) []error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s.%s: %s", path, key, fmt.Sprintf(format, args...)))
+	}
+	if tol, err := pricing.ParseDecimal(strings.TrimSpace(r.AmountTolerance)); err != nil {
+		add("amount_tolerance", "%q is not a decimal", r.AmountTolerance)
+	} else if tol.Sign() < 0 {
+		add("amount_tolerance", "%q must not be negative", r.AmountTolerance)
+	}
+	for i, s := range r.AbnormalStatuses {
+		if strings.TrimSpace(s) == "" {
+			add(fmt.Sprintf("abnormal_statuses[%d]", i), "must not be empty")
+		}
+	}
+	cols := r.BillColumns
+	named := []struct{ key, name string }{{"metering_sn", cols.MeteringSN}, {"instance_id", cols.InstanceID},
+		{"begin_time", cols.BeginTime}, {"end_time", cols.EndTime}, {"usage", cols.Usage}, {"amount", cols.Amount},
+		{"status", cols.Status}}
+	seen := map[string]string{}
+	for _, n := range named {
+		k := strings.ToLower(strings.TrimSpace(n.name))
+		if k == "" {
+			continue
+		}
+		if prev, dup := seen[k]; dup {
+			add("bill_columns."+n.key, "%q is already the column of %s", n.name, prev)
+			continue
+		}
+		seen[k] = n.key
+	}
+	blank := func(s string) bool { return strings.TrimSpace(s) == "" }
+	if blank(cols.MeteringSN) && (blank(cols.InstanceID) || blank(cols.BeginTime) || blank(cols.EndTime)) {
+		add("bill_columns", "rows cannot be matched: name the metering_sn column, or the instance_id, begin_time and end_time columns")
+	}
+	return errs
 }
 
 // validateInstances checks each configured instance on its own and against the meters, plans and sites of this

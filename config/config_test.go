@@ -94,6 +94,21 @@ func TestLoadFiles(t *testing.T) {
 		{file: "good/close_delay_short.yaml",
 			wantWarn: []string{"schedule.close_delay: 30s is below 1m"}}, // an endpoint is set: no pushing warning
 		{file: "good/dedup_horizon_exact.yaml", wantWarn: []string{warnNoEndpoint}},
+		{file: "good/reconcile.yaml", wantWarn: []string{warnNoEndpoint}, check: func(t *testing.T, c *Config) {
+			want := Reconcile{BillColumns: BillColumns{MeteringSN: "SDR No.", InstanceID: "Resource ID", BeginTime: "Start Time",
+				EndTime: "End Time", Usage: "Usage", Amount: "Amount (CNY)", Status: ""},
+				AmountTolerance: "0", AbnormalStatuses: []string{"Abnormal", "Failed"}}
+			if !reflect.DeepEqual(c.Reconcile, want) {
+				t.Errorf("reconcile\n got %+v\nwant %+v", c.Reconcile, want)
+			}
+		}},
+		{file: "good/reconcile_by_period.yaml", wantWarn: []string{warnNoEndpoint}, check: func(t *testing.T, c *Config) {
+			want := Default().Reconcile
+			want.BillColumns.MeteringSN, want.BillColumns.InstanceID = "", "resource_id"
+			if !reflect.DeepEqual(c.Reconcile, want) {
+				t.Errorf("reconcile\n got %+v\nwant %+v", c.Reconcile, want)
+			}
+		}},
 
 		{file: "bad/unknown_key.yaml", wantErr: []string{"line 4: field colse_delay not found"}},
 		{file: "bad/type_errors.yaml", wantErr: []string{
@@ -148,6 +163,15 @@ func TestLoadFiles(t *testing.T) {
 			`instances[5].instance_id: "i-unknown-meter" already defined at instances[1]`,
 			`instances[5].status: "PAUSED" must be ACTIVE, FROZEN or RELEASED`,
 			"instances[5].released_at: 2026-10-01T00:00:00Z must be after started_at",
+		}},
+		{file: "bad/reconcile_bad.yaml", wantErr: []string{
+			`reconcile.amount_tolerance: "x" is not a decimal`,
+			"reconcile.abnormal_statuses[1]: must not be empty",
+			`reconcile.bill_columns.amount: "amount" is already the column of usage`,
+		}},
+		{file: "bad/reconcile_no_match_columns.yaml", wantErr: []string{
+			`reconcile.amount_tolerance: "-0.01" must not be negative`,
+			"reconcile.bill_columns: rows cannot be matched: name the metering_sn column, or the instance_id, begin_time and end_time columns",
 		}},
 		{file: "bad/site_unknown.yaml", wantErr: []string{
 			`koogallery.sites.cn.endpoint: "not a url" must be a full http(s) URL`,
@@ -222,6 +246,10 @@ func checkDefaults(t *testing.T, c *Config) {
 		{"kafka.topic", d.Kafka.Topic, "usage-events"},
 		{"kafka.group_id", d.Kafka.GroupID, "meterd-collectors"},
 		{"kafka.dlq_topic", d.Kafka.DLQTopic, "usage-events-dlq"},
+		{"reconcile.bill_columns", d.Reconcile.BillColumns, BillColumns{MeteringSN: "metering_sn", InstanceID: "instance_id",
+			BeginTime: "begin_time", EndTime: "end_time", Usage: "usage_value", Amount: "amount", Status: "status"}},
+		{"reconcile.amount_tolerance", d.Reconcile.AmountTolerance, "0.01"},
+		{"reconcile.abnormal_statuses", strings.Join(d.Reconcile.AbnormalStatuses, ","), "ABNORMAL,FAILED,REJECTED"},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -367,6 +395,17 @@ func TestEnvOverrides(t *testing.T) {
 					t.Errorf("ingest.max_body = %d, pricing.display_places = %d", c.Ingest.MaxBody.Bytes, c.Pricing.DisplayPlaces)
 				}
 			}},
+		{name: "reconcile", env: map[string]string{"METERD_RECONCILE_AMOUNT_TOLERANCE": "0.005",
+			"METERD_RECONCILE_ABNORMAL_STATUSES": "Abnormal, Expired", "METERD_RECONCILE_BILL_COLUMNS_AMOUNT": "Amount (USD)"},
+			check: func(t *testing.T, c *Config) {
+				r := c.Reconcile
+				if r.AmountTolerance != "0.005" || !slices.Equal(r.AbnormalStatuses, []string{"Abnormal", "Expired"}) ||
+					r.BillColumns.Amount != "Amount (USD)" || r.BillColumns.Usage != "usage_value" {
+					t.Errorf("reconcile = %+v", r)
+				}
+			}},
+		{name: "reconcile tolerance not a decimal", env: map[string]string{"METERD_RECONCILE_AMOUNT_TOLERANCE": "1,5"},
+			wantErr: []string{`reconcile.amount_tolerance: "1,5" is not a decimal`}},
 		{name: "bad close delay", env: map[string]string{"METERD_SCHEDULE_CLOSE_DELAY": "abc"},
 			wantErr: []string{`schedule.close_delay (env METERD_SCHEDULE_CLOSE_DELAY): "abc" is not a duration`}},
 		{name: "batch size not an integer", env: map[string]string{"METERD_KOOGALLERY_BATCH_SIZE": "abc"},

@@ -59,18 +59,19 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// newProgress shows a progress bar on a terminal and nothing otherwise, so logs and CI output stay clean.
-func newProgress(w io.Writer, max int64, desc string, bytes bool) *progressbar.ProgressBar {
+// newProgress shows a progress bar on a terminal and nothing otherwise, so logs and CI output stay clean. unit
+// names what is counted ("bytes" shows sizes).
+func newProgress(w io.Writer, max int64, desc, unit string) *progressbar.ProgressBar {
 	if !isTerminal(w) {
 		return progressbar.DefaultSilent(max, desc)
 	}
 	opts := []progressbar.Option{progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowCount(), progressbar.OptionThrottle(100 * time.Millisecond),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) })}
-	if bytes {
+	if unit == "bytes" {
 		opts = append(opts, progressbar.OptionShowBytes(true))
 	} else {
-		opts = append(opts, progressbar.OptionShowIts(), progressbar.OptionSetItsString("events"))
+		opts = append(opts, progressbar.OptionShowIts(), progressbar.OptionSetItsString(unit))
 	}
 	return progressbar.NewOptions64(max, opts...)
 }
@@ -119,7 +120,7 @@ when any event was rejected or could not be sent.`,
 
 // sendEvents posts the non-blank lines of in, batch lines per request, and maps rejections back to line numbers.
 func sendEvents(ctx context.Context, client *ingest.Client, in io.Reader, size int64, batch int, stdout, stderr io.Writer) error {
-	bar := newProgress(stderr, size, "sending", true)
+	bar := newProgress(stderr, size, "sending", "bytes")
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
 	var body bytes.Buffer
@@ -305,7 +306,7 @@ func (o *genOptions) eventIndexes(yield func(n, idx int) bool) {
 
 func genToWriter(o *genOptions, out, stderr io.Writer) error {
 	w := bufio.NewWriterSize(out, 1<<20)
-	bar := newProgress(stderr, int64(o.count), "generating", false)
+	bar := newProgress(stderr, int64(o.count), "generating", "events")
 	var buf []byte
 	var werr error
 	o.eventIndexes(func(n, idx int) bool {
@@ -333,7 +334,7 @@ func genToServer(ctx context.Context, o *genOptions, client *ingest.Client, stdo
 	rejected := 0
 	var latencies []time.Duration
 	var firstErr error
-	bar := newProgress(stderr, int64(o.count), "posting", false)
+	bar := newProgress(stderr, int64(o.count), "posting", "events")
 	var wg sync.WaitGroup
 	for w := 0; w < o.concurrency; w++ {
 		wg.Add(1)

@@ -21,7 +21,7 @@ them the way KooGallery does and pushes one signed usage record per instance-hou
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newServeCmd(), newMigrateCmd(), newPriceCmd(), newEventsCmd(), newInstancesCmd(), newPushCmd(), newKgsimCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newMigrateCmd(), newPriceCmd(), newEventsCmd(), newInstancesCmd(), newPushCmd(), newReportCmd(), newDemoCmd(), newKgsimCmd(), newVersionCmd())
 	markRuns(root, ran)
 	return root
 }

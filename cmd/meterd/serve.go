@@ -23,6 +23,7 @@ import (
 	"github.com/meterd/meterd/ingest"
 	"github.com/meterd/meterd/report"
 	"github.com/meterd/meterd/report/koogallery"
+	"github.com/meterd/meterd/report/reconcile"
 	"github.com/meterd/meterd/store/sqlite"
 )
 
@@ -102,6 +103,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	aggregate.NewUsageHandler(pipe.closer, log).Register(api)
 	report.NewRecordsHandler(store, nil, log).Register(api)
+	reconcile.NewHandler(store, cfg.Catalog(), nil).Register(api)
 	if pipe.keys != nil {
 		stopHUP := reloadKeyOnSIGHUP(pipe.keys, log)
 		defer stopHUP()
