@@ -152,15 +152,17 @@ func (p *Pusher) RunOnce(ctx context.Context, opts RunOptions) (Summary, error) 
 			return sum, err
 		}
 		var batch []SDR
+		var waiting []Outcome
 		for _, s := range due {
 			switch in := insts[s.InstanceID]; {
 			case !opts.Hour.IsZero() && !s.Hour.Equal(opts.Hour):
 				continue
-			case paused[s.InstanceID]:
-				continue
-			case in.FrozenAt(now):
-				// KooGallery rejects usage of a frozen instance (013): it waits for the unfreeze, and the
-				// frozen-for-long alert watches its age.
+			case paused[s.InstanceID], in.FrozenAt(now):
+				// Paused, or frozen (KooGallery rejects usage of a frozen instance, 013): the record waits, and steps
+				// aside until retry_max so that it cannot fill the window of due records and starve the others. An
+				// unfreeze or resume takes effect within retry_max.
+				waiting = append(waiting, Outcome{MeteringSN: s.MeteringSN, State: s.State, Code: s.LastCode,
+					Reason: "waiting: instance paused or frozen", NextAttempt: now.Add(p.cfg.RetryMax)})
 				continue
 			case now.Sub(s.Begin) > KooGalleryMaxAge:
 				// Not sent now: no attempt of this run to settle (Definite false leaves earlier unknown attempts counted).
@@ -173,10 +175,26 @@ func (p *Pusher) RunOnce(ctx context.Context, opts RunOptions) (Summary, error) 
 			}
 			batch = append(batch, s)
 		}
+		if len(waiting) > 0 {
+			if err := p.cfg.Ledger.RecordAttempt(ctx, lease.Epoch, Attempt{At: now, Epoch: lease.Epoch}, nil, waiting); err != nil {
+				return sum, err
+			}
+			if len(batch) == 0 {
+				continue // the next page of due records
+			}
+		}
 		if len(batch) == 0 {
 			return sum, nil
 		}
 		for start := 0; start < len(batch); {
+			// Renew the lease before each batch: a long catch-up outlasts one lease period, and a run that lost the
+			// lease stops here instead of being fenced write after write.
+			if _, ok, err := p.cfg.Ledger.AcquireLease(ctx, p.cfg.Holder, p.cfg.Now().UTC(), p.cfg.LeaseTTL); err != nil || !ok {
+				if err == nil {
+					p.cfg.Logger.Warn("push lease lost during a run: stopping", "holder", p.cfg.Holder)
+				}
+				return sum, err
+			}
 			n := min(p.maxBatch, len(batch)-start)
 			stop, err := p.send(ctx, lease.Epoch, batch[start:start+n], &sum)
 			if err != nil || stop {

@@ -420,3 +420,46 @@ func TestCollisionIsRejectedAndPaged(t *testing.T) {
 	}
 	_ = ctx
 }
+
+// TestFrozenRecordsDoNotStarveOthers: the first records in push order belong to frozen instances and fill the
+// whole window of due records; the active instance's record still goes out, and the frozen ones wait (not sent,
+// not billed).
+func TestFrozenRecordsDoNotStarveOthers(t *testing.T) {
+	r := newPushRig(t, 12, 1)
+	ctx := context.Background()
+	reg, err := instance.NewRegistry(r.store, instance.NewRefs(r.cfg.MeterSet(), r.cfg.Catalog(), nil), r.clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.now = h0.Add(2 * time.Hour)
+	for i := 0; i < 11; i++ {
+		if _, err := reg.Apply(ctx, instance.Spec{InstanceID: instID(i), Subject: fmt.Sprintf("s%d", i), Meter: "tokens", SKU: "TOK",
+			Status: "FROZEN", StartedAt: "2026-11-01T00:00:00Z"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batch size 1: the window of due records (10 x batch) holds only frozen instances' records.
+	client, err := koogallery.NewClient(koogallery.Config{Endpoint: r.srv.URL, Key: func() ([]byte, error) { return testKey, nil }, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := report.NewBuilder(report.BuildConfig{Ledger: r.store, Instances: r.store, Catalog: r.cfg.Catalog(), CloseDelay: 5 * time.Minute,
+		Deadline: 15 * time.Minute, ValueAs: koogallery.ValueAsNumber})
+	p, err := report.NewPusher(report.PusherConfig{Ledger: r.store, Builder: b, Instances: r.store, Client: client, Holder: "a",
+		BatchSize: 1, RetryInitial: time.Second, RetryMax: time.Minute, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RunOnce(ctx, report.RunOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range r.sdrs() {
+		frozen := s.InstanceID != instID(11)
+		if frozen && (s.State != report.Pending || s.Attempts != 0) || !frozen && s.State != report.Accepted {
+			t.Errorf("%s %s: %s after %d attempts", s.InstanceID, s.Hour, s.State, s.Attempts)
+		}
+	}
+	if n := r.billedOnce(); n != 1 {
+		t.Fatalf("billed %d, want the active instance's record", n)
+	}
+}
