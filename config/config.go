@@ -81,8 +81,17 @@ type Ingest struct {
 
 // Store selects and configures the storage.
 type Store struct {
-	Driver string      `yaml:"driver"`
-	SQLite SQLiteStore `yaml:"sqlite"`
+	Driver     string          `yaml:"driver"`
+	SQLite     SQLiteStore     `yaml:"sqlite"`
+	ClickHouse ClickHouseStore `yaml:"clickhouse"`
+}
+
+// ClickHouseStore is the scale-out store (native protocol).
+type ClickHouseStore struct {
+	Addr         string `yaml:"addr"`          // host:port of the native protocol
+	Database     string `yaml:"database"`      // created if missing
+	Username     string `yaml:"username"`      // empty: the server's default user
+	PasswordFile string `yaml:"password_file"` // surrounding whitespace trimmed; empty: no password; never logged
 }
 
 // SQLiteStore is the embedded store.
@@ -143,7 +152,8 @@ func Default() Config {
 		Listen: "127.0.0.1:8080",
 		Ingest: Ingest{MaxBody: ByteSize{Bytes: 10 << 20}, MaxEventAge: Duration{Duration: DedupHorizonMin},
 			MaxFutureSkew: Duration{Duration: 5 * time.Minute}},
-		Store:   Store{Driver: "sqlite", SQLite: SQLiteStore{Path: "./meterd-data/meterd.db"}},
+		Store: Store{Driver: "sqlite", SQLite: SQLiteStore{Path: "./meterd-data/meterd.db"},
+			ClickHouse: ClickHouseStore{Addr: "127.0.0.1:9000", Database: "meterd"}},
 		Kafka:   Kafka{Topic: "usage-events", GroupID: "meterd-collectors", DLQTopic: "usage-events-dlq"},
 		Pricing: Pricing{DisplayPlaces: 2},
 		Reconcile: Reconcile{
@@ -175,7 +185,9 @@ func (c *Config) Warnings() []string {
 
 // Validate checks the whole configuration and builds its derived parts (meters, plan catalog). It reports every
 // problem at once, one per line, each prefixed with its key path.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(LoadOptions{}) }
+
+func (c *Config) validate(opts LoadOptions) error {
 	var errs []error
 	add := func(path, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
@@ -260,7 +272,20 @@ func (c *Config) Validate() error {
 			add("store.sqlite.path", "required with driver sqlite")
 		}
 	case "clickhouse":
-		add("store.driver", "clickhouse is not available in this build yet (scale-out lands with issue 7); use sqlite")
+		if host, port, err := net.SplitHostPort(c.Store.ClickHouse.Addr); err != nil || host == "" || port == "" {
+			add("store.clickhouse.addr", "%q must be host:port (the native protocol port)", c.Store.ClickHouse.Addr)
+		}
+		if !isIdentifier(c.Store.ClickHouse.Database) {
+			add("store.clickhouse.database", "%q must be a plain identifier (letters, digits, _)", c.Store.ClickHouse.Database)
+		}
+		if f := c.Store.ClickHouse.PasswordFile; f != "" {
+			if _, err := os.Stat(f); err != nil {
+				add("store.clickhouse.password_file", "%v", err)
+			}
+		}
+		if !opts.ClickHouseStore {
+			add("store.driver", "clickhouse is not available in this build yet except for meterd migrate (serving on it lands with issue 7); use sqlite")
+		}
 	default:
 		add("store.driver", "%q must be sqlite or clickhouse", c.Store.Driver)
 	}
@@ -395,4 +420,15 @@ func checkListen(addr string, haveTokens bool) error {
 		return nil
 	}
 	return fmt.Errorf("%q is reachable beyond loopback: set ingest.tokens_file (bearer tokens) or listen on 127.0.0.1", addr)
+}
+
+// isIdentifier reports whether s is a plain SQL identifier: a letter or _, then letters, digits or _.
+func isIdentifier(s string) bool {
+	for i, r := range s {
+		letter := r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')
+		if !letter && (i == 0 || r < '0' || r > '9') {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -16,3 +16,9 @@ var SQLite embed.FS
 //
 //go:embed event.schema.json
 var EventSchema []byte
+
+// ClickHouse holds the ClickHouse migrations (clickhouse/NNNN_name.sql): statements separated by ";" at the end
+// of a line, each idempotent.
+//
+//go:embed clickhouse/*.sql
+var ClickHouse embed.FS

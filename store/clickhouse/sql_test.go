@@ -1,0 +1,95 @@
+package clickhouse
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meterd/meterd/aggregate"
+	"github.com/meterd/meterd/ingest"
+)
+
+// The exact SQL of the hourly totals: first copy per key (argMin by seq) before the sequence filter, Decimal sums.
+func TestTotalsSQL(t *testing.T) {
+	from := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	q, args, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum, Meters: []string{"tokens", "calls"}, From: from,
+		To: from.Add(time.Hour), SeqAfter: 10, SeqUpTo: 20, Subject: "tenant-42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "SELECT meter, subj, intDiv(tms, 3600000) AS h, count() AS n, sum(v) AS total FROM (" +
+		"SELECT meter, source, id, min(seq) AS first_seq, argMin(subject, seq) AS subj, argMin(time_ms, seq) AS tms, " +
+		"argMin(value, seq) AS v, argMin(key, seq) AS k FROM event_values WHERE meter IN (?, ?) AND time_ms >= ? AND time_ms < ? " +
+		"AND subject = ? GROUP BY meter, source, id) WHERE first_seq > ? AND first_seq <= ? GROUP BY meter, subj, h ORDER BY meter, subj, h"
+	if q != want {
+		t.Errorf("sql\n got %s\nwant %s", q, want)
+	}
+	if len(args) != 7 || args[0] != "tokens" || args[2] != from.UnixMilli() || args[4] != "tenant-42" || args[6] != int64(20) {
+		t.Errorf("args %v", args)
+	}
+	for kind, agg := range map[aggregate.Kind]string{aggregate.KindMax: "max(v)", aggregate.KindDistinct: "uniqExact(k)"} {
+		q, _, err := totalsSQL(aggregate.TotalsQuery{Kind: kind, Meters: []string{"m"}})
+		if err != nil || !strings.Contains(q, agg+" AS total") {
+			t.Errorf("%s: %v %s", kind, err, q)
+		}
+	}
+	if _, _, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum}); err == nil {
+		t.Error("no meters accepted")
+	}
+}
+
+func TestStoredCopiesSQL(t *testing.T) {
+	q, args := storedCopiesSQL([]*ingest.Event{{Source: "a", ID: "1"}, {Source: "b", ID: "2"}})
+	want := "SELECT source, id, argMin(hash, seq), argMin(raw, seq) FROM events WHERE (source, id) IN ((?, ?), (?, ?)) GROUP BY source, id"
+	if q != want || len(args) != 4 || args[3] != "2" {
+		t.Errorf("got %s %v", q, args)
+	}
+}
+
+func TestDecimalValue(t *testing.T) {
+	for in, want := range map[string]string{
+		"12.5": "12.5", "1": "1", "0.0000000001": "0.0000000001",
+		"9999999999999999999999999999.9999999999": "9999999999999999999999999999.9999999999",
+		"0.00000000001": "0", "10000000000000000000000000000": "0", "user-7": "0",
+	} {
+		if got := decimalValue(in).String(); got != want {
+			t.Errorf("decimalValue(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// Every embedded migration splits into statements, each idempotent (re-running a migration is harmless).
+func TestMigrations(t *testing.T) {
+	all, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) < 3 || all[0].Version != 1 {
+		t.Fatalf("migrations %v", all)
+	}
+	for _, m := range all {
+		for _, s := range m.statements {
+			if !strings.HasPrefix(s, "CREATE TABLE IF NOT EXISTS ") {
+				t.Errorf("%04d_%s: statement is not idempotent: %.60s", m.Version, m.Name, s)
+			}
+			for _, banned := range []string{"DateTime64", "LowCardinality", " TTL ", "CODEC(", "JSONExtract"} {
+				if strings.Contains(s, banned) {
+					t.Errorf("%04d_%s: %s does not run on ClickHouse 18.16", m.Version, m.Name, banned)
+				}
+			}
+		}
+	}
+	if got := splitStatements("-- c\nCREATE A (\n x;\n\nCREATE B;\n"); len(got) != 2 || got[0] != "CREATE A (\n x" || got[1] != "CREATE B" {
+		t.Errorf("split %q", got)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := (Config{Addr: "127.0.0.1:9000", Database: "meterd"}).Validate(); err != nil {
+		t.Error(err)
+	}
+	err := (Config{Database: "a-b"}).Validate()
+	if err == nil || !strings.Contains(err.Error(), "addr: required") || !strings.Contains(err.Error(), `database: "a-b"`) {
+		t.Errorf("got %v", err)
+	}
+}
