@@ -49,6 +49,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '%s %s\n' "$(date -u +%T)" "$*" >&2; }
+# CPU time in clock ticks: all CPUs busy, one process, and this shell's finished children (seconds).
+busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+proc_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# children_s FILE: `times` must run in this shell, not in a $(...) subshell, to see its children.
+children_s() { awk 'NR==2 {split($1,u,"m"); split($2,s,"m"); printf "%.2f", u[1]*60+u[2]+s[1]*60+s[2]}' "$1"; }
 bounded() { timeout --signal=TERM --kill-after=30 "$TIMEOUT" "$@"; }
 
 # Every event is dated in the last half hour, so none is too old, and the first hour close of any of them is due
@@ -105,10 +110,10 @@ if (( WARMUP > 0 )); then
 fi
 
 say "measure: $MEASURE events over HTTP, batches of $BATCH, $CONCURRENCY in flight, duplicate rate $DUP_RATE"
-cpu0=$(awk '{print $14+$15}' "/proc/$server_pid/stat")
+times >"$work/times0"; cpu0=$(proc_ticks "$server_pid"); all0=$(busy_ticks)
 bounded "$work/meterd" events gen --to "$url" --count "$MEASURE" --batch "$BATCH" --concurrency "$CONCURRENCY" \
 	--duplicate-rate "$DUP_RATE" --id-prefix m- --start "$(range 21)" --span 3m "${gen_flags[@]}" | tee "$work/measure.txt"
-cpu1=$(awk '{print $14+$15}' "/proc/$server_pid/stat")
+times >"$work/times1"; cpu1=$(proc_ticks "$server_pid"); all1=$(busy_ticks)
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$server_pid/status")
 kill -TERM "$server_pid"
 wait "$server_pid" || { say "serve exited with an error"; cat "$work/serve.log" >&2; exit 1; }
@@ -116,7 +121,7 @@ server_pid=""
 
 say "store ceiling: $CEILING new events on the same store"
 bounded "$work/ingestbench" ceiling --db "$db" --count "$CEILING" --batch "$BATCH" --concurrency "$CONCURRENCY" \
-	--id-prefix ceil- --start "$(range 24)" --span 2m | tee "$work/ceiling.txt"
+	--duplicate-rate "$DUP_RATE" --id-prefix ceil- --start "$(range 24)" --span 2m | tee "$work/ceiling.txt"
 "$work/ingestbench" count --db "$db" | tee "$work/count.txt"
 
 # Summary.
@@ -128,6 +133,9 @@ dups=$(sed -n 's/.*duplicates \([0-9]*\),.*/\1/p' "$work/measure.txt")
 measure_s=$(sed -n 's/.*) in \([^:]*\):.*/\1/p' "$work/measure.txt")
 clk=$(getconf CLK_TCK)
 cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" -v c="$clk" 'BEGIN {printf "%.1f", (b-a)/c}')
+gen_s=$(awk -v a="$(children_s "$work/times0")" -v b="$(children_s "$work/times1")" 'BEGIN {printf "%.1f", b-a}')
+# What the rest of the machine used meanwhile: the figures are only comparable when this is near 0.
+other_s=$(awk -v a="$all0" -v b="$all1" -v c="$clk" -v s="$cpu_s" -v g="$gen_s" 'BEGIN {o=(b-a)/c-s-g; printf "%.1f", o<0?0:o}')
 db_mb=$(du -m "$db" | cut -f1)
 cat <<EOF
 
@@ -135,7 +143,7 @@ machine      $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpu
 store        $PRELOAD preloaded (+$WARMUP warm-up), $(du -h "$db" | cut -f1) ($db_mb MB) after the run
 HTTP ingest  $http_eps events/s ($MEASURE events, $dups duplicates, batches of $BATCH, $CONCURRENCY in flight; $measure_s)
 latency      p50 $p50, p99 $p99 per request
-serve        peak RSS $(( hwm / 1024 )) MiB, CPU ${cpu_s}s during the measure
+serve        peak RSS $(( hwm / 1024 )) MiB, CPU ${cpu_s}s during the measure (gen ${gen_s}s, other processes ${other_s}s)
 ceiling      $ceil_eps events/s (Store.Write alone, same store, same batches)
 ratio        HTTP / ceiling = $(awk -v a="$http_eps" -v b="$ceil_eps" 'BEGIN {printf "%.2f\n", a/b}')
 EOF

@@ -4,6 +4,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -26,6 +27,7 @@ type Config struct {
 	Schedule   Schedule           `yaml:"schedule"`
 	Push       Push               `yaml:"push"`
 	Listen     string             `yaml:"listen"`
+	TLS        ServerTLS          `yaml:"tls"`
 	Ingest     Ingest             `yaml:"ingest"`
 	Store      Store              `yaml:"store"`
 	Kafka      Kafka              `yaml:"kafka"`
@@ -69,6 +71,13 @@ func (s Schedule) ForceAfter() time.Duration { return s.Deadline.Duration - s.Pu
 type Push struct {
 	RetryInitial Duration `yaml:"retry_initial"`
 	RetryMax     Duration `yaml:"retry_max"`
+}
+
+// ServerTLS makes the HTTP API (ingest, /v1, /metrics) HTTPS: both files set, or neither (plain HTTP). The files
+// are PEM (a certificate chain, its private key) and are read at start.
+type ServerTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Ingest is the HTTP ingest.
@@ -259,12 +268,28 @@ func (c *Config) validate(opts LoadOptions) error {
 		add("ingest.max_event_age", "%s: the dedup horizon (max_event_age + max_future_skew) must be at least 21 days (504h)", c.Ingest.MaxEventAge.Duration)
 	}
 	if c.Ingest.TokensFile != "" {
-		if _, err := os.Stat(c.Ingest.TokensFile); err != nil {
+		if fi, err := os.Stat(c.Ingest.TokensFile); err != nil {
 			add("ingest.tokens_file", "%v", err)
+		} else if !fi.Mode().IsRegular() {
+			// serve could not read tokens from it: say so now, so that --validate does not pass a config that
+			// cannot start.
+			add("ingest.tokens_file", "%s is not a regular file", c.Ingest.TokensFile)
 		}
 	}
 	if err := checkListen(c.Listen, c.Ingest.TokensFile != ""); err != nil {
 		add("listen", "%v", err)
+	}
+	switch t := c.TLS; {
+	case t.CertFile == "" && t.KeyFile == "":
+	case t.CertFile == "":
+		add("tls.cert_file", "required with tls.key_file")
+	case t.KeyFile == "":
+		add("tls.key_file", "required with tls.cert_file")
+	default:
+		// Loaded here so that --validate catches a wrong pair; the error never contains key material.
+		if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+			add("tls", "%v", err)
+		}
 	}
 	switch c.Store.Driver {
 	case "sqlite":

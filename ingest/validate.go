@@ -57,7 +57,7 @@ type eventJSON struct {
 // scanEvent splits a JSON object into the members validation reads, without decoding anything else. ok is false
 // when raw is not valid JSON or not an object: the decoding path judges those, with its error messages.
 func scanEvent(raw []byte) (e eventJSON, ok bool) {
-	if !json.Valid(raw) {
+	if !validJSON(raw) {
 		return e, false
 	}
 	i := skipSpace(raw, 0)
@@ -121,22 +121,102 @@ func attr(val []byte, name string, max int) (string, *InvalidError) {
 	if n := utf8.RuneCountInString(s); max > 0 && n > max {
 		return "", invalid(CodeTooLong, name, "%d characters, at most %d allowed", n, max)
 	}
+	if err := checkAttrText(name, s); err != nil {
+		return "", err
+	}
 	return s, nil
+}
+
+// checkAttrText refuses the control characters CloudEvents 1.0 disallows in String attributes (U+0000-U+001F,
+// U+007F-U+009F): a NUL or a newline in a subject or id has no agreed meaning, and the content hash separates
+// attributes with NUL bytes.
+func checkAttrText(name, s string) *InvalidError {
+	for _, r := range s {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+			return invalid(CodeMalformed, name, "contains the control character U+%04X, which CloudEvents attributes may not", r)
+		}
+	}
+	return nil
+}
+
+// checkUnicode refuses an event that is not valid Unicode text: invalid UTF-8 bytes, or a \u escape that is a lone
+// UTF-16 surrogate. JSON decoders replace both with U+FFFD, so two different ids ("a\xff", "a\xfe") would become
+// one dedup key and the second event would be counted as a duplicate of the first, or a conflict.
+func checkUnicode(raw []byte) *InvalidError {
+	if !utf8.Valid(raw) {
+		return invalid(CodeMalformed, "", "not valid UTF-8")
+	}
+	if bytes.Contains(raw, []byte(`\u`)) && hasLoneSurrogate(raw) {
+		return invalid(CodeMalformed, "", "a \\u escape is a lone UTF-16 surrogate, not a character")
+	}
+	return nil
+}
+
+// hasLoneSurrogate reports whether raw has a \uD800-\uDFFF escape that is not a high surrogate directly followed
+// by a low one.
+func hasLoneSurrogate(raw []byte) bool {
+	hex4 := func(i int) (rune, bool) { // the code unit of the escape at raw[i] ("\uXXXX")
+		if i+6 > len(raw) || raw[i] != '\\' || raw[i+1] != 'u' {
+			return 0, false
+		}
+		var r rune
+		for _, c := range raw[i+2 : i+6] {
+			switch {
+			case c >= '0' && c <= '9':
+				r = r<<4 | rune(c-'0')
+			case c >= 'a' && c <= 'f':
+				r = r<<4 | rune(c-'a'+10)
+			case c >= 'A' && c <= 'F':
+				r = r<<4 | rune(c-'A'+10)
+			default:
+				return 0, false
+			}
+		}
+		return r, true
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		r, ok := hex4(i)
+		if !ok {
+			i++ // another escape: skip the escaped character, which may be a backslash
+			continue
+		}
+		switch {
+		case r >= 0xD800 && r <= 0xDBFF:
+			if low, ok := hex4(i + 6); !ok || low < 0xDC00 || low > 0xDFFF {
+				return true
+			}
+			i += 11
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true
+		default:
+			i += 5
+		}
+	}
+	return false
 }
 
 // validate judges a valid JSON object by reading only the members it needs and the meter values' paths in data;
 // anything else (not JSON, not an object) goes through validateDecoded, whose answers it reproduces exactly.
 func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
+	if err := checkUnicode(raw); err != nil {
+		return nil, err
+	}
 	obj, ok := scanEvent(raw)
 	if !ok {
 		return v.validateDecoded(raw, at)
 	}
-	specVersion, err := attr(obj.specVersion, "specversion", 0)
-	if err != nil {
-		return nil, err
-	}
-	if specVersion != "1.0" {
-		return nil, invalid(CodeBadSpecVersion, "specversion", "%q is not supported, want \"1.0\"", truncate(specVersion, 20))
+	var err *InvalidError
+	if string(obj.specVersion) != `"1.0"` { // else it is the one valid answer, as written by everyone
+		specVersion, err := attr(obj.specVersion, "specversion", 0)
+		if err != nil {
+			return nil, err
+		}
+		if specVersion != "1.0" {
+			return nil, invalid(CodeBadSpecVersion, "specversion", "%q is not supported, want \"1.0\"", truncate(specVersion, 20))
+		}
 	}
 	ev := &Event{ReceivedAt: at.UTC()}
 	if ev.ID, err = attr(obj.id, "id", MaxIDLen); err != nil {
@@ -172,11 +252,11 @@ func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
 	}
 	ev.Values = make([]MeterValue, len(meters))
 	for i, m := range meters {
-		val, verr := m.ExtractJSON(obj.data)
+		text, verr := m.ValueText(obj.data)
 		if verr != nil {
 			return nil, invalid(CodeBadValue, "data", "meter %s: %v", m.Key, verr)
 		}
-		ev.Values[i] = MeterValue{Meter: val.Meter, Value: val.Text(m.Aggregation)}
+		ev.Values[i] = MeterValue{Meter: m.Key, Value: text}
 	}
 	var buf [512]byte
 	b := hashPrefix(buf[:0], ev)
@@ -459,6 +539,9 @@ func (v *Validator) validateDecoded(raw []byte, at time.Time) (*Event, *InvalidE
 		if n := utf8.RuneCountInString(s); max > 0 && n > max {
 			return "", invalid(CodeTooLong, name, "%d characters, at most %d allowed", n, max)
 		}
+		if err := checkAttrText(name, s); err != nil {
+			return "", err
+		}
 		return s, nil
 	}
 	specVersion, err := str("specversion", 0)
@@ -524,7 +607,8 @@ func (v *Validator) validateDecoded(raw []byte, at time.Time) (*Event, *InvalidE
 // letter always shows what was sent.
 func keepRaw(raw []byte) json.RawMessage {
 	var buf bytes.Buffer
-	if err := json.Compact(&buf, raw); err == nil {
+	// Invalid UTF-8 is kept as a JSON string (its bad bytes as U+FFFD), so GET /v1/events/rejected stays valid JSON.
+	if err := json.Compact(&buf, raw); err == nil && utf8.Valid(raw) {
 		return buf.Bytes()
 	}
 	b, _ := json.Marshal(truncate(string(raw), 64<<10))

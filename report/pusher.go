@@ -124,7 +124,10 @@ func (p *Pusher) RunOnce(ctx context.Context, opts RunOptions) (Summary, error) 
 		return sum, fmt.Errorf("build SDRs: %w", err)
 	}
 	p.cfg.Metrics.built(sum.Built)
-	defer p.observe(ctx, now)
+	// The gauges are read before pushing as well as after: a first catch-up after downtime can run for minutes,
+	// and the deadline alerts must see the backlog during it, not only once it is over.
+	p.observe(ctx, now)
+	defer func() { p.observe(ctx, p.cfg.Now().UTC()) }()
 	if p.cfg.Client == nil {
 		return sum, nil
 	}

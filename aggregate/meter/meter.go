@@ -52,17 +52,12 @@ type Value struct {
 	Meter    string
 	Quantity decimal.Decimal
 	Key      string
-	// text, when set, is Quantity.String() computed while parsing (ExtractJSON), so that storing it costs nothing.
-	text string
 }
 
 // Text is the value as stored: the quantity in plain notation, or the distinct key.
 func (v Value) Text(agg Aggregation) string {
 	if agg == UniqueCount {
 		return v.Key
-	}
-	if v.text != "" {
-		return v.text
 	}
 	return v.Quantity.String()
 }

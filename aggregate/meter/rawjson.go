@@ -6,21 +6,21 @@ import (
 	"unicode/utf8"
 
 	"github.com/ohler55/ojg/jp"
-	"github.com/shopspring/decimal"
 )
 
-// ExtractJSON is Extract over the event's data as raw JSON (nil when the event has none), without decoding it into
-// maps: only the members and elements on the value's path are looked at. data must be valid JSON (it comes from a
-// validated event). The result and the errors are those of Extract on the same data decoded with UseNumber: a
-// repeated object key means its last value, a negative index counts from the end, strings are unescaped with
-// invalid UTF-8 replaced by U+FFFD.
-func (m *Meter) ExtractJSON(data []byte) (Value, error) {
+// ValueText is what an event contributes to m in its stored form, Extract(data).Text(m.Aggregation), read from the
+// event's data as raw JSON (nil when the event has none) without decoding it: only the members and elements on the
+// value's path are looked at. data must be valid JSON (it comes from a validated event). The answers and the errors
+// are those of Extract on the same data decoded with UseNumber: a repeated key means its last value, a negative
+// index counts from the end, strings are unescaped with invalid UTF-8 replaced by U+FFFD.
+func (m *Meter) ValueText(data []byte) (string, error) {
 	if m.Aggregation == Count {
-		return m.Extract(nil)
+		return "1", nil // Extract's quantity 1, as text
 	}
 	raw, found := lookup(m.path, data)
 	if !found || raw[0] == 'n' { // absent or null
-		return m.extractFound(nil)
+		_, err := m.extractFound(nil)
+		return "", err
 	}
 	var val any
 	switch raw[0] {
@@ -28,8 +28,8 @@ func (m *Meter) ExtractJSON(data []byte) (Value, error) {
 		s := unquote(raw)
 		if m.Aggregation != UniqueCount {
 			// The common case: a plain decimal needs neither the general parser nor big-number formatting.
-			if text, q, ok := plainQuantity(s); ok {
-				return Value{Meter: m.Key, Quantity: q, text: text}, nil
+			if text, ok := plainQuantity(s); ok {
+				return text, nil
 			}
 		}
 		val = s
@@ -43,13 +43,17 @@ func (m *Meter) ExtractJSON(data []byte) (Value, error) {
 		val = false
 	default:
 		if m.Aggregation != UniqueCount {
-			if text, q, ok := plainQuantity(string(raw)); ok {
-				return Value{Meter: m.Key, Quantity: q, text: text}, nil
+			if text, ok := plainQuantity(string(raw)); ok {
+				return text, nil
 			}
 		}
 		val = json.Number(raw)
 	}
-	return m.extractFound(val)
+	v, err := m.extractFound(val)
+	if err != nil {
+		return "", err
+	}
+	return v.Text(m.Aggregation), nil
 }
 
 // lookup follows a singular path (root, then children and indexes) through raw JSON.
@@ -232,29 +236,30 @@ func skipValue(b []byte, i int) int {
 	}
 }
 
-// plainQuantity is ParseQuantity for the common case, unsigned digits with an optional fraction and at most 18
-// significant digits, without its general parsing: the value, and the text Decimal.String would give it. ok is
-// false for anything else (signs, exponents, limits exceeded, not a number), which ParseQuantity then judges.
-func plainQuantity(s string) (text string, q decimal.Decimal, ok bool) {
+// plainQuantity is ParseQuantity(s).String() for the common case, unsigned digits with an optional fraction within
+// the digit limits, without the general parser and big-number formatting: leading zeros of the integer part and
+// trailing zeros of the fraction dropped, as Decimal.String does. ok is false for anything else (signs, exponents,
+// limits exceeded, not a number), which ParseQuantity then judges.
+func plainQuantity(s string) (text string, ok bool) {
 	i := 0
 	for i < len(s) && isDigit(s[i]) {
 		i++
 	}
-	intPart, frac := s[:i], ""
 	if i == 0 {
-		return "", q, false
+		return "", false
 	}
+	intPart, frac := s[:i], ""
 	if i < len(s) {
 		if s[i] != '.' {
-			return "", q, false
+			return "", false
 		}
 		frac = s[i+1:]
 		if frac == "" {
-			return "", q, false
+			return "", false
 		}
 		for j := 0; j < len(frac); j++ {
 			if !isDigit(frac[j]) {
-				return "", q, false
+				return "", false
 			}
 		}
 	}
@@ -268,26 +273,15 @@ func plainQuantity(s string) (text string, q decimal.Decimal, ok bool) {
 	if intPart == "0" {
 		intDigits = 0
 	}
-	if len(frac) > MaxFractionalDigits || intDigits > MaxIntegerDigits || intDigits+len(frac) > 18 {
-		return "", q, false
+	if len(frac) > MaxFractionalDigits || intDigits > MaxIntegerDigits {
+		return "", false
 	}
-	var coef int64
-	for j := 0; j < len(intPart); j++ {
-		coef = coef*10 + int64(intPart[j]-'0')
-	}
-	for j := 0; j < len(frac); j++ {
-		coef = coef*10 + int64(frac[j]-'0')
-	}
-	q = decimal.New(coef, -int32(len(frac)))
 	switch {
-	case frac == "" && len(intPart) == len(s):
-		text = s
+	case frac == "" && len(intPart) == len(s), frac != "" && len(intPart)+1+len(frac) == len(s):
+		return s, true // already in its stored form
 	case frac == "":
-		text = intPart
-	case len(intPart)+1+len(frac) == len(s):
-		text = s
+		return intPart, true
 	default:
-		text = intPart + "." + frac
+		return intPart + "." + frac, true
 	}
-	return text, q, true
 }

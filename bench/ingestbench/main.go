@@ -17,8 +17,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync"
@@ -43,6 +45,9 @@ type options struct {
 	idPrefix    string
 	start       time.Time
 	span        time.Duration
+	cpuProfile  string
+	dupRate     float64
+	seed        uint64
 }
 
 func main() {
@@ -75,6 +80,9 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&o.idPrefix, "id-prefix", "gen-", "event id prefix")
 	fs.StringVar(&startText, "start", "", "time of the first event, RFC 3339 (default: 30 minutes ago)")
 	fs.DurationVar(&o.span, "span", 25*time.Minute, "the events' times are spread over this span")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed part to this file")
+	fs.Float64Var(&o.dupRate, "duplicate-rate", 0, "fraction of events that re-send an earlier one (ceiling only), as gen does")
+	fs.Uint64Var(&o.seed, "seed", 1, "seed of the duplicate choice")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -137,11 +145,38 @@ func (o *options) appendEvent(b []byte, i int) []byte {
 	return append(b, `"}}`...)
 }
 
+// eventIndexes is `meterd events gen`'s choice of events: index n of the output is event idx, an earlier one with
+// probability dupRate (the same sequence for the same seed).
+func (o *options) eventIndexes() []int {
+	rng := rand.New(rand.NewPCG(o.seed, 0x6d65746572640a))
+	out := make([]int, o.count)
+	next := 0
+	for n := range out {
+		idx := next
+		if next > 0 && rng.Float64() < o.dupRate {
+			idx = rng.IntN(next)
+		} else {
+			next++
+		}
+		out[n] = idx
+	}
+	return out
+}
+
 // makeBatch validates events [from, to) as the HTTP handler would.
 func (o *options) makeBatch(v *ingest.Validator, from, to int, at time.Time) ([]*ingest.Event, error) {
-	evs := make([]*ingest.Event, 0, to-from)
-	var buf []byte
+	idx := make([]int, 0, to-from)
 	for i := from; i < to; i++ {
+		idx = append(idx, i)
+	}
+	return o.validate(v, idx, at)
+}
+
+// validate validates the given events as the HTTP handler would.
+func (o *options) validate(v *ingest.Validator, idx []int, at time.Time) ([]*ingest.Event, error) {
+	evs := make([]*ingest.Event, 0, len(idx))
+	var buf []byte
+	for _, i := range idx {
 		buf = o.appendEvent(buf[:0], i)
 		ev, rej := v.Validate(buf, at)
 		if rej != nil {
@@ -239,9 +274,10 @@ func ceiling(ctx context.Context, o *options) error {
 		return err
 	}
 	at := time.Now()
+	idx := o.eventIndexes()
 	var batches [][]*ingest.Event
 	for from := 0; from < o.count; from += o.batch {
-		evs, err := o.makeBatch(v, from, min(from+o.batch, o.count), at)
+		evs, err := o.validate(v, idx[from:min(from+o.batch, o.count)], at)
 		if err != nil {
 			return err
 		}
@@ -251,10 +287,24 @@ func ceiling(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return errors.Join(err, st.Close())
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return errors.Join(err, f.Close(), st.Close())
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}()
+	}
+	cpu0 := cpuTime()
 	next := make(chan []*ingest.Event)
 	var mu sync.Mutex
 	var lat []time.Duration
-	var stored int
+	var stored, dups int
 	var firstErr error
 	var wg sync.WaitGroup
 	t0 := time.Now()
@@ -272,8 +322,11 @@ func ceiling(ctx context.Context, o *options) error {
 					firstErr = err
 				}
 				for _, out := range res.Outcomes {
-					if out == ingest.Stored {
+					switch out {
+					case ingest.Stored:
 						stored++
+					case ingest.Duplicate:
+						dups++
 					}
 				}
 				mu.Unlock()
@@ -291,15 +344,16 @@ feed:
 	close(next)
 	wg.Wait()
 	elapsed := time.Since(t0)
+	cpu := cpuTime() - cpu0
 	closeErr := st.Close()
 	if err := errors.Join(firstErr, ctx.Err(), closeErr); err != nil {
 		return err
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
-	fmt.Printf("ceiling: events %d (stored %d) in %s: %.0f events/s; writes %d of %d events, latency p50 %s p99 %s\n",
-		o.count, stored, elapsed.Round(time.Millisecond), float64(o.count)/elapsed.Seconds(), len(lat), o.batch,
-		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond))
+	fmt.Printf("ceiling: events %d (stored %d, duplicates %d) in %s: %.0f events/s; writes %d of %d events, latency p50 %s p99 %s; CPU %.1f us/event\n",
+		o.count, stored, dups, elapsed.Round(time.Millisecond), float64(o.count)/elapsed.Seconds(), len(lat), o.batch,
+		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), float64(cpu.Microseconds())/float64(o.count))
 	return nil
 }
 
@@ -316,4 +370,14 @@ func count(ctx context.Context, o *options) error {
 	}
 	fmt.Printf("count: events %d, meter values %d\n", events, values)
 	return nil
+}
+
+// cpuTime is the CPU time this process has used, user and system: a figure less sensitive than wall time to other
+// load on a shared machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

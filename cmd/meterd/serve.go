@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,16 +33,25 @@ import (
 const shutdownGrace = 30 * time.Second
 
 func newServeCmd() *cobra.Command {
-	var configPath, logLevel string
+	var configPath, logLevel, roleName string
 	var validate bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the ingest API, /metrics and the embedded store",
 		Long: `Run meterd: POST /v1/events ingest into the embedded SQLite store (or the configured store), with
 /healthz, /readyz and /metrics. Without --config, the defaults apply: data under ./meterd-data, 127.0.0.1:8080.
-SIGTERM or SIGINT stops it gracefully: requests in flight finish and every acknowledged event is on disk.`,
+SIGTERM or SIGINT stops it gracefully: requests in flight finish and every acknowledged event is on disk.
+
+--role splits the work between processes on the same store: api (ingest and the /v1 API; no close, no push),
+scheduler (hour close and push; no ingest, no /v1 API), all (both; the default). Every role serves /metrics,
+/healthz and /readyz; /readyz checks the store, and for the scheduler also that the push lease is held here or by
+another live scheduler.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			role, err := parseRole(roleName)
+			if err != nil {
+				return err
+			}
 			cfg, err := loadConfig(cmd, configPath, true)
 			if err != nil {
 				return err
@@ -54,24 +64,34 @@ SIGTERM or SIGINT stops it gracefully: requests in flight finish and every ackno
 			if err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, log)
+			return serve(cmd.Context(), cfg, log, role)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "config file (YAML); defaults apply when omitted")
 	cmd.Flags().BoolVar(&validate, "validate", false, "check the config and exit: 0 when valid, 2 listing every problem")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&roleName, "role", string(roleAll), "api (ingest and /v1 API), scheduler (close and push) or all")
 	return cmd
 }
 
 // serve runs until ctx is cancelled (SIGTERM/SIGINT), then shuts down without losing an acknowledged event: the
 // HTTP server stops accepting, waits for in-flight requests (each waits for its commit), then the store closes.
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// role selects the parts that run (serveRole).
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serveRole) error {
 	var tokens ingest.Tokens
 	if cfg.Ingest.TokensFile != "" {
 		var err error
 		if tokens, err = ingest.LoadTokens(cfg.Ingest.TokensFile); err != nil {
 			return usagef("ingest.tokens_file: %v", err)
 		}
+	}
+	var tlsConfig *tls.Config // nil: plain HTTP
+	if cfg.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return usagef("tls: %v", err)
+		}
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
 	store, err := sqlite.Open(ctx, cfg.Store.SQLite.Path, sqlite.Options{Logger: log})
 	if err != nil {
@@ -80,52 +100,81 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)
+	registerProcessMetrics(reg, cfg, role)
 
-	handler, err := ingest.NewHandler(ingest.HandlerConfig{
-		Validator: ingest.NewValidator(cfg.MeterSet(), cfg.Ingest.MaxEventAge.Duration, cfg.Ingest.MaxFutureSkew.Duration),
-		Sink:      store,
-		Rejected:  store,
-		MaxBody:   cfg.Ingest.MaxBody.Bytes,
-		Metrics:   ingest.NewMetrics(reg),
-		Logger:    log,
-	})
-	if err != nil {
-		return errors.Join(err, store.Close())
-	}
 	api := http.NewServeMux()
-	handler.Register(api)
+	if role.serves() {
+		handler, err := ingest.NewHandler(ingest.HandlerConfig{
+			Validator: ingest.NewValidator(cfg.MeterSet(), cfg.Ingest.MaxEventAge.Duration, cfg.Ingest.MaxFutureSkew.Duration),
+			Sink:      store,
+			Rejected:  store,
+			MaxBody:   cfg.Ingest.MaxBody.Bytes,
+			Metrics:   ingest.NewMetrics(reg),
+			Logger:    log,
+		})
+		if err != nil {
+			return errors.Join(err, store.Close())
+		}
+		handler.Register(api)
+	}
+	// Every role creates the config's instances at start (the closer needs them); only the API serves them.
 	if _, err := startInstances(ctx, cfg, store, log, api); err != nil {
 		return errors.Join(err, store.Close())
 	}
-	pipe, err := newPipeline(cfg, store, log, reg, holderName("serve"), nil)
+	// The api role neither closes nor pushes: its pipeline only previews open hours for /v1/usage, needs no
+	// KooGallery key, and its close and push metrics stay out of /metrics (a scheduler exports them).
+	pipeCfg, pipeReg := cfg, prometheus.Registerer(reg)
+	if !role.schedules() {
+		noPush := *cfg
+		noPush.KooGallery.Endpoint = ""
+		pipeCfg, pipeReg = &noPush, prometheus.NewRegistry()
+	}
+	pipe, err := newPipeline(pipeCfg, store, log, pipeReg, holderName("serve"), nil)
 	if err != nil {
 		return errors.Join(err, store.Close())
 	}
-	aggregate.NewUsageHandler(pipe.closer, log).Register(api)
-	report.NewRecordsHandler(store, nil, log).Register(api)
-	reconcile.NewHandler(store, cfg.Catalog(), nil).Register(api)
-	if pipe.keys != nil {
-		stopHUP := reloadKeyOnSIGHUP(pipe.keys, log)
-		defer stopHUP()
+	if role.serves() {
+		aggregate.NewUsageHandler(pipe.closer, log).Register(api)
+		report.NewRecordsHandler(store, nil, log).Register(api)
+		reconcile.NewHandler(store, cfg.Catalog(), nil).Register(api)
 	}
-	sched, err := startCycle(ctx, pipe, log)
-	if err != nil {
-		return errors.Join(err, store.Close())
+	watch := &pushWatch{}
+	var sched gocron.Scheduler
+	stopMonitor := func() {}
+	if role.schedules() {
+		if pipe.keys != nil {
+			stopHUP := reloadKeyOnSIGHUP(pipe.keys, log)
+			defer stopHUP()
+		}
+		if sched, err = startCycle(ctx, pipe, log, watch.record); err != nil {
+			return errors.Join(err, store.Close())
+		}
+		stopMonitor = newStoreMonitor(reg, store, cfg.Catalog(), log, nil).start(ctx)
+	}
+	shutdownCycle := func() error {
+		if sched == nil {
+			return nil
+		}
+		err := sched.Shutdown() // waits for a close or push in progress: each commits whole or not at all anyway
+		stopMonitor()
+		if rerr := pipe.pusher.Release(context.Background()); rerr != nil {
+			log.Warn("release the push lease", "err", rerr)
+		}
+		return err
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", tokens.Wrap(api))
+	if role.serves() {
+		mux.Handle("/v1/", tokens.Wrap(api))
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := store.Ping(r.Context()); err != nil {
-			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
+	mux.HandleFunc("GET /readyz", readyHandler(role, store.Ping, watch, func() bool {
+		v, ok := gaugeValue(reg, "meterd_push_leader")
+		return ok && v == 1
+	}))
 
 	srv := &http.Server{
 		Handler: mux,
@@ -141,24 +190,24 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return errors.Join(fmt.Errorf("listen %s: %w", cfg.Listen, err), store.Close())
 	}
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig) // HTTPS (HTTP/1.1); the timeouts above apply to the handshake too
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "store", "sqlite", "path", cfg.Store.SQLite.Path,
-		"auth", tokens.Enabled())
+		"auth", tokens.Enabled(), "role", role, "tls", tlsConfig != nil)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
 	case err := <-serveErr:
-		return errors.Join(fmt.Errorf("http server: %w", err), sched.Shutdown(), store.Close())
+		return errors.Join(fmt.Errorf("http server: %w", err), shutdownCycle(), store.Close())
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing requests in flight")
 	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	shutErr := srv.Shutdown(shutCtx)
-	schedErr := sched.Shutdown() // waits for a close or push in progress: each commits whole or not at all anyway
-	if err := pipe.pusher.Release(context.Background()); err != nil {
-		log.Warn("release the push lease", "err", err)
-	}
+	schedErr := shutdownCycle()
 	closeErr := store.Close()
 	if schedErr != nil {
 		log.Error("stop scheduler", "err", schedErr)
@@ -188,7 +237,8 @@ const pushInterval = 2 * time.Second
 // startCycle runs the hourly cycle: the close at every clock minute, the push every pushInterval, both once at
 // start so that hours missed while meterd was down are caught up at once. Singleton mode: a long run is never
 // started twice at the same time.
-func startCycle(ctx context.Context, p *pipeline, log *slog.Logger) (gocron.Scheduler, error) {
+// onPush, when set, learns the outcome of every push run (readiness watches the lease through it).
+func startCycle(ctx context.Context, p *pipeline, log *slog.Logger, onPush func(report.Summary, error)) (gocron.Scheduler, error) {
 	s, err := gocron.NewScheduler(gocron.WithLocation(time.UTC))
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
@@ -199,8 +249,12 @@ func startCycle(ctx context.Context, p *pipeline, log *slog.Logger) (gocron.Sche
 		}
 	}
 	pushTask := func() {
-		if _, err := p.pusher.RunOnce(ctx, report.RunOptions{}); err != nil && ctx.Err() == nil {
+		sum, err := p.pusher.RunOnce(ctx, report.RunOptions{})
+		if err != nil && ctx.Err() == nil {
 			log.Error("push", "err", err)
+		}
+		if onPush != nil {
+			onPush(sum, err)
 		}
 	}
 	once := []gocron.JobOption{gocron.WithSingletonMode(gocron.LimitModeReschedule), gocron.WithStartAt(gocron.WithStartImmediately())}

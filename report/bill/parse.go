@@ -126,6 +126,14 @@ func locate(header []string, cols Columns) (sn, inst, begin, end, usage, amount,
 	if len(header) > 0 {
 		header[0] = strings.TrimPrefix(header[0], "\ufeff") // a byte-order mark, as spreadsheet programs write
 	}
+	for _, h := range header {
+		// encoding/csv ends lines at \n only: a file with CR-only line endings is one long header, which would
+		// otherwise import as a valid file without rows.
+		if strings.ContainsAny(h, "\r\n") {
+			err = lineErr(1, "header cell %q holds a line break: CR-only line endings? (want LF or CRLF)", h)
+			return
+		}
+	}
 	at, twice := map[string]int{}, map[string]bool{}
 	for i, h := range header {
 		k := strings.ToLower(strings.TrimSpace(h))

@@ -202,10 +202,14 @@ func (c *Client) Push(ctx context.Context, body []byte) (Response, error) {
 	return resp, nil
 }
 
-// unsent reports errors that prove the request never left: a context that ended before dialling, or a dial
-// that failed. Anything else may have reached KooGallery.
+// unsent reports errors that prove the request never left: a context that ended before dialling, a dial that
+// failed, or a server certificate that failed verification. Anything else may have reached KooGallery.
 func unsent(err error) bool {
 	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+		return true
+	}
+	// The server's certificate is checked during the handshake, before a byte of the request is written.
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
 		return true
 	}
 	_, dns := errors.AsType[*net.DNSError](err)

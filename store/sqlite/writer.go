@@ -72,6 +72,9 @@ func (s *Store) writer() {
 			}
 		}
 		results, err := s.commit(batch)
+		if err == nil {
+			s.kickCheckpoint()
+		}
 		for i, r := range batch {
 			if err != nil {
 				r.result <- writeResp{err: err}
@@ -79,6 +82,7 @@ func (s *Store) writer() {
 			}
 			r.result <- writeResp{res: results[i]}
 		}
+		s.restartWAL() // after answering: it is for the commits to come
 	}
 }
 
@@ -113,6 +117,44 @@ func placeholders(rows, cols int) string {
 	return row + strings.Repeat(", "+row, rows-1)
 }
 
+// writeStmts are the writer's statements. They are prepared once, by the writer goroutine (their only user) after
+// the migrations: parsing a 64-row insert costs as much as running it, and even a one-row SELECT took about
+// 100 µs to prepare, as much as the range read of a chunk with a repeat.
+type writeStmts struct {
+	events, values, lastSeq, seqsIn, storedCopy *sql.Stmt
+}
+
+// prepare prepares every statement of s.stmts, or none.
+func (s *Store) prepare(ctx context.Context) error {
+	var w writeStmts
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&w.events, insertEventsSQL(chunkRows)}, {&w.values, insertValuesSQL(chunkRows)},
+		{&w.lastSeq, sqlLastSeq}, {&w.seqsIn, sqlSeqsIn}, {&w.storedCopy, sqlStoredCopy},
+	} {
+		st, err := s.write.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return errors.Join(fmt.Errorf("prepare %.40q: %w", p.sql, err), w.close())
+		}
+		*p.stmt = st
+	}
+	s.stmts = w
+	return nil
+}
+
+// close closes the statements prepared.
+func (w *writeStmts) close() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{w.events, w.values, w.lastSeq, w.seqsIn, w.storedCopy} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // commit writes all requests in one transaction. Events are inserted in request order, so the first copy of a key
 // wins even when several copies arrive in the same batch.
 //
@@ -123,14 +165,9 @@ func placeholders(rows, cols int) string {
 // back, and only the others (duplicates and conflicts, rare) are looked up one by one.
 func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err error) {
 	ctx := context.Background() // the batch belongs to several requests: none of their contexts may abort it
-	if s.stmtEvents == nil {
-		if s.stmtEvents, err = s.write.PrepareContext(ctx, insertEventsSQL(chunkRows)); err != nil {
-			return nil, fmt.Errorf("prepare event insert: %w", err)
-		}
-	}
-	if s.stmtValues == nil {
-		if s.stmtValues, err = s.write.PrepareContext(ctx, insertValuesSQL(chunkRows)); err != nil {
-			return nil, fmt.Errorf("prepare value insert: %w", err)
+	if s.stmts.events == nil {
+		if err := s.prepare(ctx); err != nil {
+			return nil, err
 		}
 	}
 	tx, err := s.write.BeginTx(ctx, nil)
@@ -142,12 +179,13 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 			_ = tx.Rollback()
 		}
 	}()
+	st := writeStmts{events: tx.StmtContext(ctx, s.stmts.events), values: tx.StmtContext(ctx, s.stmts.values),
+		lastSeq: tx.StmtContext(ctx, s.stmts.lastSeq), seqsIn: tx.StmtContext(ctx, s.stmts.seqsIn),
+		storedCopy: tx.StmtContext(ctx, s.stmts.storedCopy)}
 	var seq int64
-	if err := tx.QueryRowContext(ctx, sqlLastSeq).Scan(&seq); err != nil {
+	if err := st.lastSeq.QueryRowContext(ctx).Scan(&seq); err != nil {
 		return nil, fmt.Errorf("read last ingest sequence: %w", err)
 	}
-	stmtEvents := tx.StmtContext(ctx, s.stmtEvents)
-	stmtValues := tx.StmtContext(ctx, s.stmtValues)
 	type ref struct{ req, idx int }
 	var all []ref
 	results = make([]ingest.WriteResult, len(batch))
@@ -165,7 +203,7 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 		}
 		var err error
 		if valueRows == chunkRows {
-			_, err = stmtValues.ExecContext(ctx, values...)
+			_, err = st.values.ExecContext(ctx, values...)
 		} else {
 			_, err = tx.ExecContext(ctx, insertValuesSQL(valueRows), values...)
 		}
@@ -186,7 +224,7 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 			seq++
 			args = append(args, seq, ev.Source, ev.ID, ev.Type, ev.Subject, ev.Time.UnixMilli(), ev.Hash[:], string(ev.Raw), ev.ReceivedAt.UnixMilli())
 		}
-		if err := s.insertChunk(ctx, tx, stmtEvents, first, len(chunk), args, inserted[:len(chunk)]); err != nil {
+		if err := insertChunk(ctx, tx, &st, first, len(chunk), args, inserted[:len(chunk)]); err != nil {
 			return nil, err
 		}
 		for j, r := range chunk {
@@ -206,7 +244,7 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 			}
 			var hash []byte
 			var raw string
-			if err := tx.QueryRowContext(ctx, sqlStoredCopy, ev.Source, ev.ID).Scan(&hash, &raw); err != nil {
+			if err := st.storedCopy.QueryRowContext(ctx, ev.Source, ev.ID).Scan(&hash, &raw); err != nil {
 				return nil, fmt.Errorf("read stored copy of (%s, %s): %w", ev.Source, ev.ID, err)
 			}
 			if bytes.Equal(hash, ev.Hash[:]) {
@@ -244,11 +282,11 @@ func (s *Store) commit(batch []*writeReq) (results []ingest.WriteResult, err err
 }
 
 // insertChunk inserts n events numbered first, first+1, ... and sets inserted[j] for each row actually inserted.
-func (s *Store) insertChunk(ctx context.Context, tx *sql.Tx, full *sql.Stmt, first int64, n int, args []any, inserted []bool) error {
+func insertChunk(ctx context.Context, tx *sql.Tx, st *writeStmts, first int64, n int, args []any, inserted []bool) error {
 	var res sql.Result
 	var err error
 	if n == chunkRows {
-		res, err = full.ExecContext(ctx, args...)
+		res, err = st.events.ExecContext(ctx, args...)
 	} else {
 		res, err = tx.ExecContext(ctx, insertEventsSQL(n), args...)
 	}
@@ -266,7 +304,7 @@ func (s *Store) insertChunk(ctx context.Context, tx *sql.Tx, full *sql.Stmt, fir
 	if all {
 		return nil
 	}
-	rows, err := tx.QueryContext(ctx, sqlSeqsIn, first, first+int64(n))
+	rows, err := st.seqsIn.QueryContext(ctx, first, first+int64(n))
 	if err != nil {
 		return fmt.Errorf("read inserted events: %w", err)
 	}
