@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/meterd/meterd/internal/jsonscan"
 )
 
 // Media types of DESIGN.md §2.
@@ -147,7 +149,7 @@ func fromBinary(header http.Header, body []byte) ([]byte, error) {
 // once (per NDJSON line, then per event), and encoding/json's byte-at-a-time state machine was a tenth of the
 // ingest CPU. Only deep nesting, where json.Valid has a depth limit, is left to it.
 func validJSON(b []byte) bool {
-	i := skipSpace(b, 0)
+	i := jsonscan.SkipSpace(b, 0)
 	end, ok := validValue(b, i, 0)
 	if !ok {
 		if end < 0 { // nested deeper than checked here
@@ -155,7 +157,7 @@ func validJSON(b []byte) bool {
 		}
 		return false
 	}
-	return skipSpace(b, end) == len(b)
+	return jsonscan.SkipSpace(b, end) == len(b)
 }
 
 // maxValidDepth is the nesting validValue checks itself; json.Valid allows 10,000.
@@ -178,7 +180,7 @@ func validValue(b []byte, i, depth int) (end int, ok bool) {
 		if c == '[' {
 			closer = ']'
 		}
-		i = skipSpace(b, i+1)
+		i = jsonscan.SkipSpace(b, i+1)
 		if i < len(b) && b[i] == closer {
 			return i + 1, true
 		}
@@ -190,16 +192,16 @@ func validValue(b []byte, i, depth int) (end int, ok bool) {
 				if i, ok = validString(b, i); !ok {
 					return i, false
 				}
-				i = skipSpace(b, i)
+				i = jsonscan.SkipSpace(b, i)
 				if i >= len(b) || b[i] != ':' {
 					return i, false
 				}
-				i = skipSpace(b, i+1)
+				i = jsonscan.SkipSpace(b, i+1)
 			}
 			if i, ok = validValue(b, i, depth+1); !ok {
 				return i, false
 			}
-			i = skipSpace(b, i)
+			i = jsonscan.SkipSpace(b, i)
 			if i >= len(b) {
 				return i, false
 			}
@@ -209,7 +211,7 @@ func validValue(b []byte, i, depth int) (end int, ok bool) {
 			if b[i] != ',' {
 				return i, false
 			}
-			i = skipSpace(b, i+1)
+			i = jsonscan.SkipSpace(b, i+1)
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
 		return validNumber(b, i)

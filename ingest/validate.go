@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/meterd/meterd/aggregate/meter"
+	"github.com/meterd/meterd/internal/jsonscan"
 )
 
 // Attribute limits of DESIGN.md §2.
@@ -60,23 +61,23 @@ func scanEvent(raw []byte) (e eventJSON, ok bool) {
 	if !validJSON(raw) {
 		return e, false
 	}
-	i := skipSpace(raw, 0)
+	i := jsonscan.SkipSpace(raw, 0)
 	if raw[i] != '{' {
 		return e, false
 	}
-	i = skipSpace(raw, i+1)
+	i = jsonscan.SkipSpace(raw, i+1)
 	if raw[i] == '}' {
 		return e, true
 	}
 	for {
-		kEnd := skipString(raw, i)
+		kEnd := jsonscan.SkipString(raw, i)
 		key := raw[i:kEnd]
-		i = skipSpace(raw, skipSpace(raw, kEnd)+1) // past ':'
-		vEnd := skipValue(raw, i)
+		i = jsonscan.SkipSpace(raw, jsonscan.SkipSpace(raw, kEnd)+1) // past ':'
+		vEnd := jsonscan.SkipValue(raw, i)
 		val := raw[i:vEnd]
 		name := key[1 : len(key)-1]
-		if !plainString(name) {
-			name = []byte(unquote(key))
+		if !jsonscan.PlainString(name) {
+			name = []byte(jsonscan.Unquote(key))
 		}
 		switch string(name) {
 		case "specversion":
@@ -98,11 +99,11 @@ func scanEvent(raw []byte) (e eventJSON, ok bool) {
 		case "data_base64":
 			e.hasDataBase64 = true
 		}
-		i = skipSpace(raw, vEnd)
+		i = jsonscan.SkipSpace(raw, vEnd)
 		if raw[i] == '}' {
 			return e, true
 		}
-		i = skipSpace(raw, i+1) // past ','
+		i = jsonscan.SkipSpace(raw, i+1) // past ','
 	}
 }
 
@@ -114,7 +115,7 @@ func attr(val []byte, name string, max int) (string, *InvalidError) {
 	if val[0] != '"' {
 		return "", invalid(CodeMalformed, name, "must be a string")
 	}
-	s := unquote(val)
+	s := jsonscan.Unquote(val)
 	if s == "" {
 		return "", invalid(CodeMissingField, name, "must not be empty")
 	}
@@ -242,7 +243,7 @@ func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
 		return nil, invalid(CodeMalformed, "data_base64", "binary data is not supported: send the data as JSON")
 	}
 	if ct := obj.dataContentType; ct != nil && ct[0] == '"' {
-		if s := unquote(ct); !isJSONMediaType(s) {
+		if s := jsonscan.Unquote(ct); !isJSONMediaType(s) {
 			return nil, invalid(CodeMalformed, "datacontenttype", "%q: data must be JSON", truncate(s, 60))
 		}
 	}
@@ -330,22 +331,22 @@ func appendCanonical(dst, v []byte) (out []byte, ok bool) {
 	case '{':
 		var stack [8]member
 		ms := stack[:0]
-		i := skipSpace(v, 1)
+		i := jsonscan.SkipSpace(v, 1)
 		if v[i] != '}' {
 			for {
-				kEnd := skipString(v, i)
+				kEnd := jsonscan.SkipString(v, i)
 				key := v[i+1 : kEnd-1]
 				if !encodedAsIs(key) {
 					return dst, false
 				}
-				i = skipSpace(v, skipSpace(v, kEnd)+1)
-				vEnd := skipValue(v, i)
+				i = jsonscan.SkipSpace(v, jsonscan.SkipSpace(v, kEnd)+1)
+				vEnd := jsonscan.SkipValue(v, i)
 				ms = append(ms, member{key, v[i:vEnd]})
-				i = skipSpace(v, vEnd)
+				i = jsonscan.SkipSpace(v, vEnd)
 				if v[i] == '}' {
 					break
 				}
-				i = skipSpace(v, i+1)
+				i = jsonscan.SkipSpace(v, i+1)
 			}
 		}
 		slices.SortStableFunc(ms, func(a, b member) int { return bytes.Compare(a.key, b.key) })
@@ -369,19 +370,19 @@ func appendCanonical(dst, v []byte) (out []byte, ok bool) {
 		return append(dst, '}'), true
 	case '[':
 		dst = append(dst, '[')
-		i := skipSpace(v, 1)
+		i := jsonscan.SkipSpace(v, 1)
 		if v[i] != ']' {
 			for {
-				end := skipValue(v, i)
+				end := jsonscan.SkipValue(v, i)
 				if dst, ok = appendCanonical(dst, v[i:end]); !ok {
 					return dst, false
 				}
-				i = skipSpace(v, end)
+				i = jsonscan.SkipSpace(v, end)
 				if v[i] == ']' {
 					break
 				}
 				dst = append(dst, ',')
-				i = skipSpace(v, i+1)
+				i = jsonscan.SkipSpace(v, i+1)
 			}
 		}
 		return append(dst, ']'), true
@@ -416,92 +417,14 @@ func encodedAsIs(body []byte) bool {
 	return true
 }
 
-// plainString reports whether the body of a string token is its decoded value: no escapes and valid UTF-8.
-func plainString(body []byte) bool {
-	ascii := true
-	for _, c := range body {
-		if c == '\\' {
-			return false
-		}
-		if c >= utf8.RuneSelf {
-			ascii = false
-		}
-	}
-	return ascii || utf8.Valid(body)
-}
-
-// unquote decodes a string token of valid JSON as encoding/json does (invalid UTF-8 becomes U+FFFD).
-func unquote(tok []byte) string {
-	if body := tok[1 : len(tok)-1]; plainString(body) {
-		return string(body)
-	}
-	var s string
-	_ = json.Unmarshal(tok, &s) // a valid string token always decodes
-	return s
-}
-
 // The scanning helpers below read JSON already known to be valid.
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index after the string token starting at b[i].
-func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return len(b)
-}
-
-// skipValue returns the index after the value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return len(b)
-	default:
-		for i < len(b) {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				return i
-			}
-			i++
-		}
-		return len(b)
-	}
-}
 
 // isCompact reports whether raw has no whitespace outside its strings, so that compacting it changes nothing.
 func isCompact(raw []byte) bool {
 	for i := 0; i < len(raw); i++ {
 		switch raw[i] {
 		case '"':
-			i = skipString(raw, i) - 1
+			i = jsonscan.SkipString(raw, i) - 1
 		case ' ', '\t', '\n', '\r':
 			return false
 		}

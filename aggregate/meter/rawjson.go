@@ -3,9 +3,10 @@ package meter
 import (
 	"bytes"
 	"encoding/json"
-	"unicode/utf8"
 
 	"github.com/ohler55/ojg/jp"
+
+	"github.com/meterd/meterd/internal/jsonscan"
 )
 
 // ValueText is what an event contributes to m in its stored form, Extract(data).Text(m.Aggregation), read from the
@@ -25,7 +26,7 @@ func (m *Meter) ValueText(data []byte) (string, error) {
 	var val any
 	switch raw[0] {
 	case '"':
-		s := unquote(raw)
+		s := jsonscan.Unquote(raw)
 		if m.Aggregation != UniqueCount {
 			// The common case: a plain decimal needs neither the general parser nor big-number formatting.
 			if text, ok := plainQuantity(s); ok {
@@ -84,23 +85,23 @@ func member(obj []byte, key string) ([]byte, bool) {
 		return nil, false
 	}
 	var found []byte
-	i := skipSpace(obj, 1)
+	i := jsonscan.SkipSpace(obj, 1)
 	if obj[i] == '}' {
 		return nil, false
 	}
 	for {
-		kEnd := skipString(obj, i)
+		kEnd := jsonscan.SkipString(obj, i)
 		k := obj[i:kEnd]
-		i = skipSpace(obj, skipSpace(obj, kEnd)+1) // past ':'
-		vEnd := skipValue(obj, i)
+		i = jsonscan.SkipSpace(obj, jsonscan.SkipSpace(obj, kEnd)+1) // past ':'
+		vEnd := jsonscan.SkipValue(obj, i)
 		if keyEquals(k, key) {
 			found = obj[i:vEnd]
 		}
-		i = skipSpace(obj, vEnd)
+		i = jsonscan.SkipSpace(obj, vEnd)
 		if obj[i] == '}' {
 			return found, found != nil
 		}
-		i = skipSpace(obj, i+1) // past ','
+		i = jsonscan.SkipSpace(obj, i+1) // past ','
 	}
 }
 
@@ -131,109 +132,30 @@ func element(arr []byte, n int) ([]byte, bool) {
 }
 
 func forEachElement(arr []byte, yield func([]byte) bool) {
-	i := skipSpace(arr, 1)
+	i := jsonscan.SkipSpace(arr, 1)
 	if arr[i] == ']' {
 		return
 	}
 	for {
-		end := skipValue(arr, i)
+		end := jsonscan.SkipValue(arr, i)
 		if !yield(arr[i:end]) {
 			return
 		}
-		i = skipSpace(arr, end)
+		i = jsonscan.SkipSpace(arr, end)
 		if arr[i] == ']' {
 			return
 		}
-		i = skipSpace(arr, i+1)
+		i = jsonscan.SkipSpace(arr, i+1)
 	}
 }
 
 // keyEquals compares a raw JSON string token with a decoded key.
 func keyEquals(tok []byte, key string) bool {
 	body := tok[1 : len(tok)-1]
-	if plainString(body) {
+	if jsonscan.PlainString(body) {
 		return string(body) == key
 	}
-	return unquote(tok) == key
-}
-
-// plainString reports whether the body of a string token is its decoded value: no escapes and valid UTF-8.
-func plainString(body []byte) bool {
-	ascii := true
-	for _, c := range body {
-		if c == '\\' {
-			return false
-		}
-		if c >= utf8.RuneSelf {
-			ascii = false
-		}
-	}
-	return ascii || utf8.Valid(body)
-}
-
-// unquote decodes a raw JSON string token as encoding/json does.
-func unquote(tok []byte) string {
-	if body := tok[1 : len(tok)-1]; plainString(body) {
-		return string(body)
-	}
-	var s string
-	_ = json.Unmarshal(tok, &s) // tok is a valid string token
-	return s
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index after the string token starting at b[i].
-func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return len(b)
-}
-
-// skipValue returns the index after the value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return len(b)
-	default:
-		for i < len(b) {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				return i
-			}
-			i++
-		}
-		return len(b)
-	}
+	return jsonscan.Unquote(tok) == key
 }
 
 // plainQuantity is ParseQuantity(s).String() for the common case, unsigned digits with an optional fraction within
