@@ -144,6 +144,6 @@ store        $PRELOAD preloaded (+$WARMUP warm-up), $(du -h "$db" | cut -f1) ($d
 HTTP ingest  $http_eps events/s ($MEASURE events, $dups duplicates, batches of $BATCH, $CONCURRENCY in flight; $measure_s)
 latency      p50 $p50, p99 $p99 per request
 serve        peak RSS $(( hwm / 1024 )) MiB, CPU ${cpu_s}s during the measure (gen ${gen_s}s, other processes ${other_s}s)
-ceiling      $ceil_eps events/s (Store.Write alone, same store, same batches)
+ceiling      $ceil_eps events/s (Store.Write alone, same store, same batches; other processes $(sed -n 's/.*other processes \([^ ]*\)$/\1/p' "$work/ceiling.txt"))
 ratio        HTTP / ceiling = $(awk -v a="$http_eps" -v b="$ceil_eps" 'BEGIN {printf "%.2f\n", a/b}')
 EOF

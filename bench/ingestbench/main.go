@@ -23,6 +23,7 @@ import (
 	"runtime/pprof"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -300,7 +301,7 @@ func ceiling(ctx context.Context, o *options) error {
 			_ = f.Close()
 		}()
 	}
-	cpu0 := cpuTime()
+	cpu0, busy0 := cpuTime(), machineBusy()
 	next := make(chan []*ingest.Event)
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -345,15 +346,17 @@ feed:
 	wg.Wait()
 	elapsed := time.Since(t0)
 	cpu := cpuTime() - cpu0
+	other := max(machineBusy()-busy0-cpu, 0)
 	closeErr := st.Close()
 	if err := errors.Join(firstErr, ctx.Err(), closeErr); err != nil {
 		return err
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
-	fmt.Printf("ceiling: events %d (stored %d, duplicates %d) in %s: %.0f events/s; writes %d of %d events, latency p50 %s p99 %s; CPU %.1f us/event\n",
+	fmt.Printf("ceiling: events %d (stored %d, duplicates %d) in %s: %.0f events/s; writes %d of %d events, latency p50 %s p99 %s; CPU %.1f us/event; other processes %.1fs\n",
 		o.count, stored, dups, elapsed.Round(time.Millisecond), float64(o.count)/elapsed.Seconds(), len(lat), o.batch,
-		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), float64(cpu.Microseconds())/float64(o.count))
+		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), float64(cpu.Microseconds())/float64(o.count),
+		other.Seconds())
 	return nil
 }
 
@@ -380,4 +383,23 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// machineBusy is the CPU time all CPUs have spent busy (/proc/stat), so that the load of other processes during a
+// measurement can be told; 0 where /proc is not there.
+func machineBusy() time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		if i < len(f) {
+			n, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
 }
