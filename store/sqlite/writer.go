@@ -118,8 +118,8 @@ func placeholders(rows, cols int) string {
 }
 
 // writeStmts are the writer's statements. They are prepared once, by the writer goroutine (their only user) after
-// the migrations: parsing a 64-row insert costs as much as running it, and even a one-row SELECT took about
-// 100 µs to prepare, as much as the range read of a chunk with a repeat.
+// the migrations: parsing a 64-row insert costs as much as running it, and at 1% duplicates preparing the reads of
+// chunks with a repeat on every use was 15% of the writer's CPU (measured).
 type writeStmts struct {
 	events, values, lastSeq, seqsIn, storedCopy *sql.Stmt
 }
