@@ -19,4 +19,5 @@ test:
 
 # Needs `make services-up` first; fails (never skips) when ClickHouse is not reachable.
 test-integration:
-	go test -count=1 -tags integration ./store/clickhouse/...
+	go test -count=1 -tags integration ./store/clickhouse/... ./stream/...
+	go test -count=1 -tags integration -run '^(TestClickHouseEndToEnd|TestScaleOutEndToEnd|TestScaleOutSurvivesClickHouseRestart)$$' ./cmd/meterd/

@@ -5,18 +5,15 @@ import (
 	"testing"
 )
 
-// The store.clickhouse section: validated with its key paths, and accepted only by commands that can use it.
+// The store.clickhouse section: validated with its key paths, ignored with driver sqlite.
 func TestClickHouseStore(t *testing.T) {
 	tests := []struct {
 		name    string
 		env     map[string]string
-		opts    LoadOptions
 		wantErr []string
 	}{
-		{name: "migrate accepts the defaults", env: map[string]string{"METERD_STORE_DRIVER": "clickhouse"}, opts: LoadOptions{ClickHouseStore: true}},
-		{name: "other commands refuse it", env: map[string]string{"METERD_STORE_DRIVER": "clickhouse"},
-			wantErr: []string{"store.driver: clickhouse is not available in this build yet except for meterd migrate"}},
-		{name: "bad section", opts: LoadOptions{ClickHouseStore: true}, env: map[string]string{"METERD_STORE_DRIVER": "clickhouse",
+		{name: "defaults accepted", env: map[string]string{"METERD_STORE_DRIVER": "clickhouse"}},
+		{name: "bad section", env: map[string]string{"METERD_STORE_DRIVER": "clickhouse",
 			"METERD_STORE_CLICKHOUSE_ADDR": "localhost", "METERD_STORE_CLICKHOUSE_DATABASE": "meterd-prod",
 			"METERD_STORE_CLICKHOUSE_PASSWORD_FILE": "/nonexistent/password"},
 			wantErr: []string{`store.clickhouse.addr: "localhost" must be host:port`,
@@ -26,7 +23,7 @@ func TestClickHouseStore(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := LoadWith("", envOf(tt.env), tt.opts)
+			_, _, err := Load("", envOf(tt.env))
 			if len(tt.wantErr) == 0 {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)

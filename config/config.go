@@ -114,6 +114,96 @@ type Kafka struct {
 	Topic    string   `yaml:"topic"`
 	GroupID  string   `yaml:"group_id"`
 	DLQTopic string   `yaml:"dlq_topic"`
+	// Partitions and ReplicationFactor apply when meterd creates the topics; replication_factor 0 takes the
+	// broker's default.replication.factor.
+	Partitions        int `yaml:"partitions"`
+	ReplicationFactor int `yaml:"replication_factor"`
+	// Retention is both topics' retention.ms: at least 21 days, so that every event of the dedup horizon stays
+	// readable for a collector back from an outage or a store rebuilt from Kafka.
+	Retention Duration `yaml:"retention"`
+	// BatchSize and BatchWait bound one store write of a collector: at most batch_size messages, a partial batch
+	// held at most batch_wait.
+	BatchSize int      `yaml:"batch_size"`
+	BatchWait Duration `yaml:"batch_wait"`
+	// ControlTopic (one partition) and SchedulerGroupID elect the one active scheduler: the member of that group
+	// assigned the partition leads.
+	ControlTopic     string `yaml:"control_topic"`
+	SchedulerGroupID string `yaml:"scheduler_group_id"`
+}
+
+// validate checks the kafka section; path is its key path.
+func (k Kafka) validate(path string) []error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s.%s: %s", path, key, fmt.Sprintf(format, args...)))
+	}
+	for i, b := range k.Brokers {
+		if host, port, err := net.SplitHostPort(b); err != nil || host == "" || port == "" {
+			add(fmt.Sprintf("brokers[%d]", i), "%q must be host:port", b)
+		}
+	}
+	if err := checkTopicName(k.Topic); err != nil {
+		add("topic", "%v", err)
+	}
+	if err := checkTopicName(k.DLQTopic); err != nil {
+		add("dlq_topic", "%v", err)
+	} else if k.DLQTopic == k.Topic {
+		add("dlq_topic", "%q is also kafka.topic: dead letters would be consumed as events", k.DLQTopic)
+	}
+	if strings.TrimSpace(k.GroupID) == "" {
+		add("group_id", "required")
+	}
+	if err := checkTopicName(k.ControlTopic); err != nil {
+		add("control_topic", "%v", err)
+	} else if k.ControlTopic == k.Topic || k.ControlTopic == k.DLQTopic {
+		add("control_topic", "%q is also the events or dead-letter topic: the election needs its own topic", k.ControlTopic)
+	}
+	switch {
+	case strings.TrimSpace(k.SchedulerGroupID) == "":
+		add("scheduler_group_id", "required")
+	case k.SchedulerGroupID == k.GroupID:
+		add("scheduler_group_id", "%q is also kafka.group_id: schedulers and collectors need their own groups", k.SchedulerGroupID)
+	}
+	if k.Partitions < 1 || k.Partitions > 10000 {
+		add("partitions", "%d must be from 1 to 10000", k.Partitions)
+	}
+	if k.ReplicationFactor < 0 || k.ReplicationFactor > 32 {
+		add("replication_factor", "%d must be from 0 (the broker's default) to 32", k.ReplicationFactor)
+	}
+	switch {
+	case k.Retention.bad != "":
+		add("retention", "%s", k.Retention.bad)
+	case k.Retention.Duration < DedupHorizonMin:
+		add("retention", "%s must be at least 21 days (504h): events must stay readable for the whole dedup horizon", k.Retention.Duration)
+	}
+	if k.BatchSize < 1 || k.BatchSize > 1_000_000 {
+		add("batch_size", "%d must be from 1 to 1000000", k.BatchSize)
+	}
+	switch {
+	case k.BatchWait.bad != "":
+		add("batch_wait", "%s", k.BatchWait.bad)
+	case k.BatchWait.Duration < time.Millisecond || k.BatchWait.Duration > time.Minute:
+		add("batch_wait", "%s must be from 1ms to 1m", k.BatchWait.Duration)
+	}
+	return errs
+}
+
+// checkTopicName applies Kafka's rules for topic names: 1 to 249 characters from [a-zA-Z0-9._-], not "." or "..".
+func checkTopicName(t string) error {
+	switch {
+	case t == "":
+		return errors.New("required")
+	case t == "." || t == "..":
+		return fmt.Errorf("%q is not a valid topic name", t)
+	case len(t) > 249:
+		return fmt.Errorf("%d characters, at most 249 allowed", len(t))
+	}
+	for _, r := range t {
+		if r != '.' && r != '_' && r != '-' && (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') {
+			return fmt.Errorf("%q: a topic name may only contain letters, digits, '.', '_' and '-'", t)
+		}
+	}
+	return nil
 }
 
 // Pricing holds display settings of amounts. Amounts are exact everywhere; only what is shown is rounded.
@@ -163,7 +253,9 @@ func Default() Config {
 			MaxFutureSkew: Duration{Duration: 5 * time.Minute}},
 		Store: Store{Driver: "sqlite", SQLite: SQLiteStore{Path: "./meterd-data/meterd.db"},
 			ClickHouse: ClickHouseStore{Addr: "127.0.0.1:9000", Database: "meterd"}},
-		Kafka:   Kafka{Topic: "usage-events", GroupID: "meterd-collectors", DLQTopic: "usage-events-dlq"},
+		Kafka: Kafka{Topic: "usage-events", GroupID: "meterd-collectors", DLQTopic: "usage-events-dlq", Partitions: 6,
+			Retention: Duration{Duration: 30 * 24 * time.Hour}, BatchSize: 10000, BatchWait: Duration{Duration: time.Second},
+			ControlTopic: "meterd-control", SchedulerGroupID: "meterd-schedulers"},
 		Pricing: Pricing{DisplayPlaces: 2},
 		Reconcile: Reconcile{
 			BillColumns: BillColumns{MeteringSN: "metering_sn", InstanceID: "instance_id", BeginTime: "begin_time",
@@ -194,9 +286,7 @@ func (c *Config) Warnings() []string {
 
 // Validate checks the whole configuration and builds its derived parts (meters, plan catalog). It reports every
 // problem at once, one per line, each prefixed with its key path.
-func (c *Config) Validate() error { return c.validate(LoadOptions{}) }
-
-func (c *Config) validate(opts LoadOptions) error {
+func (c *Config) Validate() error {
 	var errs []error
 	add := func(path, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
@@ -308,15 +398,14 @@ func (c *Config) validate(opts LoadOptions) error {
 				add("store.clickhouse.password_file", "%v", err)
 			}
 		}
-		if !opts.ClickHouseStore {
-			add("store.driver", "clickhouse is not available in this build yet except for meterd migrate (serving on it lands with issue 7); use sqlite")
-		}
 	default:
 		add("store.driver", "%q must be sqlite or clickhouse", c.Store.Driver)
 	}
-	if len(c.Kafka.Brokers) > 0 {
-		add("kafka.brokers", "Kafka ingest is not available in this build yet (scale-out lands with issue 8); leave it empty")
+	// Collectors write to ClickHouse: the embedded store has one writer, the serve process that owns its file.
+	if len(c.Kafka.Brokers) > 0 && c.Store.Driver != "clickhouse" {
+		add("kafka.brokers", "Kafka ingest needs store.driver clickhouse (collectors write to ClickHouse); store.driver is %q", c.Store.Driver)
 	}
+	errs = append(errs, c.Kafka.validate("kafka")...)
 	if c.Pricing.DisplayPlaces < 0 || c.Pricing.DisplayPlaces > 10 {
 		add("pricing.display_places", "%d must be from 0 to 10", c.Pricing.DisplayPlaces)
 	}

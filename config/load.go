@@ -25,18 +25,6 @@ var envNotConfig = map[string]bool{"METERD_KOOGALLERY_KEY": true, "METERD_INGEST
 // Load reads the file at path (empty: defaults only), applies the environment overrides found by lookup, and
 // validates the result. The error lists every problem. Warnings are returned beside a valid config.
 func Load(path string, lookup func(string) (string, bool)) (*Config, []string, error) {
-	return LoadWith(path, lookup, LoadOptions{})
-}
-
-// LoadOptions say what the loading command can use beyond what every command supports.
-type LoadOptions struct {
-	// ClickHouseStore: the command works on store.driver clickhouse (meterd migrate). Other commands refuse it
-	// until serving on ClickHouse lands.
-	ClickHouseStore bool
-}
-
-// LoadWith is Load for a command with the given abilities.
-func LoadWith(path string, lookup func(string) (string, bool), opts LoadOptions) (*Config, []string, error) {
 	c := Default()
 	if path != "" {
 		data, err := os.ReadFile(path)
@@ -51,7 +39,7 @@ func LoadWith(path string, lookup func(string) (string, bool), opts LoadOptions)
 		lookup = os.LookupEnv
 	}
 	warnings, envErrs := applyEnv(&c, lookup)
-	err := c.validate(opts)
+	err := c.Validate()
 	if envErrs != nil || err != nil {
 		if path != "" && err != nil {
 			err = fmt.Errorf("config %s:\n%w", path, err)

@@ -27,6 +27,16 @@ type Event struct {
 	// conflict. It covers type, subject, time and the canonical data, so the same event sent in structured and in
 	// binary mode, or with its data keys reordered, is a duplicate, not a conflict.
 	Hash [sha256.Size]byte
+	// Stream is where a Kafka collector read the event; nil for HTTP ingest. Stores may keep it to snapshot how far
+	// each partition is stored (the hour close's membership, DESIGN.md §4 step 4).
+	Stream *StreamPos
+}
+
+// StreamPos is the position of an event's message in Kafka.
+type StreamPos struct {
+	Topic     string
+	Partition int
+	Offset    int64
 }
 
 // MeterValue is the stored form of one meter's value: a plain decimal (SUM, MAX, COUNT) or a distinct key

@@ -116,7 +116,7 @@ func TestUsageErrors(t *testing.T) {
 		{"missing config file", []string{"serve", "--validate", "--config", "testdata/no-such.yaml"}, "read config"},
 		{"bad log level", []string{"serve", "--config", "testdata/price.yaml", "--log-level", "loud"}, "--log-level"},
 		{"send without --to", []string{"events", "send", "--file", "x"}, `required flag(s) "to" not set`},
-		{"send to kafka", []string{"events", "send", "--to", "kafka://localhost:9092/usage-events"}, "not available in this build yet"},
+		{"send to a bad kafka URL", []string{"events", "send", "--to", "kafka://localhost/usage-events"}, "--to: kafka URL"},
 		{"send to a non-URL", []string{"events", "send", "--to", "localhost:8080"}, "want the URL of POST /v1/events"},
 		{"send a missing file", []string{"events", "send", "--to", "http://127.0.0.1:1/v1/events", "--file", "testdata/no-such.ndjson"}, "--file"},
 		{"gen duplicate rate", []string{"events", "gen", "--duplicate-rate", "1"}, "--duplicate-rate"},

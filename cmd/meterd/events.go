@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/meterd/meterd/aggregate"
 	"github.com/meterd/meterd/ingest"
+	"github.com/meterd/meterd/stream"
 )
 
 // tokenEnv holds the bearer token for `events send|gen` when --token-file is not given.
@@ -35,13 +37,49 @@ func newEventsCmd() *cobra.Command {
 	return cmd
 }
 
-// ingestTarget reads --to and the token for posting to a meterd ingest endpoint.
-func ingestTarget(to, tokenFile string) (*ingest.Client, error) {
-	if strings.HasPrefix(to, "kafka://") {
-		return nil, usagef("--to %s: Kafka targets are not available in this build yet (scale-out, issue 8); give the http(s) URL of POST /v1/events", to)
+// eventTarget takes batches of NDJSON events: a meterd ingest endpoint (ingest.Client) or a Kafka topic.
+type eventTarget interface {
+	PostNDJSON(ctx context.Context, body []byte) (ingest.Response, error)
+}
+
+// kafkaTarget produces each line of a batch to the events topic as is. The collectors validate and deduplicate
+// (invalid events go to the dead-letter topic with the reason), so the answer only counts what Kafka took.
+type kafkaTarget struct{ p *stream.Producer }
+
+func (k kafkaTarget) PostNDJSON(ctx context.Context, body []byte) (ingest.Response, error) {
+	var raws [][]byte
+	for line := range bytes.SplitSeq(body, []byte("\n")) {
+		if l := bytes.TrimSpace(line); len(l) > 0 {
+			raws = append(raws, l)
+		}
 	}
+	if err := k.p.Send(ctx, raws); err != nil {
+		return ingest.Response{}, err
+	}
+	return ingest.Response{Accepted: len(raws)}, nil
+}
+
+// ingestTarget reads --to and the token for sending events: the URL of a meterd ingest endpoint, or
+// kafka://BROKER[,BROKER]/TOPIC to produce straight to the events topic. close releases the target.
+func ingestTarget(to, tokenFile string) (target eventTarget, close func() error, err error) {
+	if strings.HasPrefix(to, stream.URLScheme) {
+		p, err := stream.OpenURL(to)
+		if err != nil {
+			return nil, nil, usagef("--to: %v", err)
+		}
+		return kafkaTarget{p}, p.Close, nil
+	}
+	c, err := httpTarget(to, tokenFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, func() error { return nil }, nil
+}
+
+// httpTarget reads the URL of POST /v1/events and the token.
+func httpTarget(to, tokenFile string) (*ingest.Client, error) {
 	if !strings.HasPrefix(to, "http://") && !strings.HasPrefix(to, "https://") {
-		return nil, usagef("--to %q: want the URL of POST /v1/events, e.g. http://127.0.0.1:8080/v1/events", to)
+		return nil, usagef("--to %q: want the URL of POST /v1/events, e.g. http://127.0.0.1:8080/v1/events, or kafka://HOST:PORT/TOPIC", to)
 	}
 	token := os.Getenv(tokenEnv)
 	if tokenFile != "" {
@@ -84,16 +122,18 @@ func newEventsSendCmd() *cobra.Command {
 		Short: "Send NDJSON events from a file or stdin to POST /v1/events",
 		Long: `Send events, one JSON object per line, in batches. Failed requests are retried (the server deduplicates,
 so a resend never counts twice). Rejected events are listed on stderr with their line number; the exit code is 1
-when any event was rejected or could not be sent.`,
+when any event was rejected or could not be sent. With --to kafka://HOST:PORT/TOPIC the lines are produced to the
+events topic as they are (acks from all replicas); the collectors validate them and dead-letter invalid ones.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			if batch < 1 {
 				return usagef("--batch: %d must be at least 1", batch)
 			}
-			client, err := ingestTarget(to, tokenFile)
+			client, closeTarget, err := ingestTarget(to, tokenFile)
 			if err != nil {
 				return err
 			}
+			defer func() { err = errors.Join(err, closeTarget()) }()
 			in := cmd.InOrStdin()
 			size := int64(-1)
 			if file != "" && file != "-" {
@@ -110,7 +150,7 @@ when any event was rejected or could not be sent.`,
 			return sendEvents(cmd.Context(), client, in, size, batch, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVar(&to, "to", "", "URL of POST /v1/events (required)")
+	cmd.Flags().StringVar(&to, "to", "", "URL of POST /v1/events, or kafka://HOST:PORT[,HOST:PORT]/TOPIC to produce to the events topic (required)")
 	cmd.Flags().StringVar(&file, "file", "-", "NDJSON file; - for stdin")
 	cmd.Flags().IntVar(&batch, "batch", 1000, "events per request")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token (default: $"+tokenEnv+")")
@@ -119,7 +159,7 @@ when any event was rejected or could not be sent.`,
 }
 
 // sendEvents posts the non-blank lines of in, batch lines per request, and maps rejections back to line numbers.
-func sendEvents(ctx context.Context, client *ingest.Client, in io.Reader, size int64, batch int, stdout, stderr io.Writer) error {
+func sendEvents(ctx context.Context, client eventTarget, in io.Reader, size int64, batch int, stdout, stderr io.Writer) error {
 	bar := newProgress(stderr, size, "sending", "bytes")
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
@@ -239,7 +279,7 @@ a time spread evenly over [start, start+span) and, with --property, data {"<prop
 --duplicate-rate re-sends earlier events. With --to the events are posted in batches by --concurrency workers and
 the run ends with events/s and request latency percentiles (the ingest benchmark).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			if o.count < 1 || o.subjects < 1 || o.batch < 1 || o.concurrency < 1 || o.span <= 0 {
 				return usagef("--count, --subjects, --batch, --concurrency and --span must be positive")
 			}
@@ -258,15 +298,16 @@ the run ends with events/s and request latency percentiles (the ingest benchmark
 			if to == "" {
 				return genToWriter(&o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
-			client, err := ingestTarget(to, tokenFile)
+			client, closeTarget, err := ingestTarget(to, tokenFile)
 			if err != nil {
 				return err
 			}
+			defer func() { err = errors.Join(err, closeTarget()) }()
 			return genToServer(cmd.Context(), &o, client, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&to, "to", "", "URL of POST /v1/events; omit to print NDJSON to stdout")
+	f.StringVar(&to, "to", "", "URL of POST /v1/events or kafka://HOST:PORT/TOPIC; omit to print NDJSON to stdout")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the bearer token (default: $"+tokenEnv+")")
 	f.IntVar(&o.count, "count", 1000, "events to generate (duplicates included)")
 	f.StringVar(&o.eventType, "type", "api_call", "event type")
@@ -326,7 +367,7 @@ func genToWriter(o *genOptions, out, stderr io.Writer) error {
 	return w.Flush()
 }
 
-func genToServer(ctx context.Context, o *genOptions, client *ingest.Client, stdout, stderr io.Writer) error {
+func genToServer(ctx context.Context, o *genOptions, client eventTarget, stdout, stderr io.Writer) error {
 	type job struct{ body []byte }
 	jobs := make(chan job, o.concurrency*2)
 	var mu sync.Mutex

@@ -21,7 +21,6 @@ import (
 
 	"github.com/meterd/meterd/aggregate/instance"
 	"github.com/meterd/meterd/config"
-	"github.com/meterd/meterd/store/sqlite"
 )
 
 func newInstancesCmd() *cobra.Command {
@@ -139,9 +138,9 @@ func newInstanceRegistry(cfg *config.Config, store instance.Store) (*instance.Re
 // withInstanceRegistry opens the configured store for one command, runs fn with a registry over it, and closes
 // the store. Another process (serve) may use the store at the same time: each apply is its own transaction.
 func withInstanceRegistry(ctx context.Context, cfg *config.Config, fn func(*instance.Registry) error) error {
-	store, err := sqlite.Open(ctx, cfg.Store.SQLite.Path, sqlite.Options{})
+	store, err := openStore(ctx, cfg, storeOptions{})
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	reg, err := newInstanceRegistry(cfg, store)
 	if err == nil {

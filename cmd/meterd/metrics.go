@@ -52,8 +52,11 @@ func registerProcessMetrics(reg prometheus.Registerer, cfg *config.Config, role 
 		constant("meterd_schedule_deadline_seconds",
 			"schedule.deadline: the SDRs of hour H are due by H+1h+deadline.", cfg.Schedule.Deadline.Duration),
 		constant("meterd_schedule_force_close_after_seconds",
-			"schedule.deadline minus schedule.push_budget: hour H is closed by force at H+1h+this, watermark or not.", cfg.Schedule.ForceAfter()),
-		newDiskCollector(cfg.Store.SQLite.Path))
+			"schedule.deadline minus schedule.push_budget: hour H is closed by force at H+1h+this, watermark or not.", cfg.Schedule.ForceAfter()))
+	// ClickHouse's disk is the database server's; it exports its own metrics.
+	if cfg.Store.Driver != "clickhouse" {
+		reg.MustRegister(newDiskCollector(cfg.Store.SQLite.Path))
+	}
 }
 
 // diskCollector reads the file system under the store at each scrape: a full disk stops every commit, so ingest

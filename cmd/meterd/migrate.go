@@ -21,7 +21,7 @@ func newMigrateCmd() *cobra.Command {
 			"Works on store.driver sqlite and clickhouse.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := config.LoadWith(configPath, os.LookupEnv, config.LoadOptions{ClickHouseStore: true})
+			cfg, _, err := config.Load(configPath, os.LookupEnv)
 			if err != nil {
 				return usageError{err}
 			}

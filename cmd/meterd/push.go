@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meterd/meterd/report"
-	"github.com/meterd/meterd/store/sqlite"
 )
 
 func newPushCmd() *cobra.Command {
@@ -39,9 +38,9 @@ exits 1.`,
 				}
 			}
 			ctx := cmd.Context()
-			store, err := sqlite.Open(ctx, cfg.Store.SQLite.Path, sqlite.Options{})
+			store, err := openStore(ctx, cfg, storeOptions{})
 			if err != nil {
-				return fmt.Errorf("open store: %w", err)
+				return err
 			}
 			defer store.Close()
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -113,9 +112,9 @@ func newPauseCmd(pause bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			store, err := sqlite.Open(cmd.Context(), cfg.Store.SQLite.Path, sqlite.Options{})
+			store, err := openStore(cmd.Context(), cfg, storeOptions{})
 			if err != nil {
-				return fmt.Errorf("open store: %w", err)
+				return err
 			}
 			defer store.Close()
 			if err := store.SetPause(cmd.Context(), instanceID, pause, time.Now().UTC()); err != nil {

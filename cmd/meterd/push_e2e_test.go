@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -65,46 +64,7 @@ store: {sqlite: {path: %s}}
 	srv, base, logs = startServe(t, cfgPath, env...)
 	defer func() { _ = srv.Process.Signal(syscall.SIGTERM); _ = srv.Wait() }()
 
-	type record struct {
-		InstanceID string `json:"instance_id"`
-		Hour       string `json:"hour"`
-		UsageValue string `json:"usage_value"`
-		Amount     string `json:"amount"`
-		State      string `json:"state"`
-		Attempts   []struct {
-			Code string `json:"code"`
-		} `json:"attempts"`
-	}
-	var records []record
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		res, err := http.Get(fmt.Sprintf("%s/v1/records?from=%s", base, h1.Format(time.RFC3339)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out struct {
-			Records []record `json:"records"`
-		}
-		err = json.NewDecoder(res.Body).Decode(&out)
-		res.Body.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		records = out.Records
-		accepted := 0
-		for _, r := range records {
-			if r.State == "ACCEPTED" {
-				accepted++
-			}
-		}
-		if len(records) == 3 && accepted == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("records not all accepted: %+v\nserve:\n%s\nkgsim:\n%s", records, logs, simLogs)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	records := waitAccepted(t, base, h1, 3, 60*time.Second, func() string { return fmt.Sprintf("serve:\n%s\nkgsim:\n%s", logs, simLogs) })
 	// Tier: 1 call -> 0.5; 3 calls -> 3 x 0.25 = 0.75; 2 calls -> 2 x 0.5 = 1 (an upper bound is in the lower bracket).
 	want := map[string][2]string{
 		"i-a " + h1.Format(time.RFC3339):                {"1", "0.5"},

@@ -13,7 +13,6 @@ import (
 	"github.com/meterd/meterd/config"
 	"github.com/meterd/meterd/report/bill"
 	"github.com/meterd/meterd/report/reconcile"
-	"github.com/meterd/meterd/store/sqlite"
 )
 
 func newReportCmd() *cobra.Command {
@@ -57,17 +56,13 @@ command line, config or bill file.`,
 			if err != nil {
 				return err
 			}
-			if cfg.Store.Driver != "" && cfg.Store.Driver != "sqlite" {
-				return usagef("store.driver %q: reports read the embedded SQLite store only in this build", cfg.Store.Driver)
-			}
-			// Opening a missing file would create an empty store and report nothing, which looks like success.
-			if _, err := os.Stat(cfg.Store.SQLite.Path); err != nil {
-				return usagef("store.sqlite.path: %v", err)
+			if err := storeExists(cfg); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
-			store, err := sqlite.Open(ctx, cfg.Store.SQLite.Path, sqlite.Options{})
+			store, err := openStore(ctx, cfg, storeOptions{})
 			if err != nil {
-				return fmt.Errorf("open store: %w", err)
+				return err
 			}
 			defer func() { err = errors.Join(err, store.Close()) }()
 
@@ -123,7 +118,7 @@ command line, config or bill file.`,
 }
 
 // importBill imports the export before the report is built, so the report shows the states it settled.
-func importBill(cmd *cobra.Command, cfg *config.Config, store *sqlite.Store, path string, from, to, now time.Time) (*bill.Result, error) {
+func importBill(cmd *cobra.Command, cfg *config.Config, store backend, path string, from, to, now time.Time) (*bill.Result, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, usagef("--bill: %v", err)
 	}
@@ -139,7 +134,7 @@ func importBill(cmd *cobra.Command, cfg *config.Config, store *sqlite.Store, pat
 
 // writeReport streams the report to --out (through a temporary file renamed at the end, so a failed run leaves
 // no half report) or to stdout.
-func writeReport(cmd *cobra.Command, store *sqlite.Store, cfg *config.Config, opts reconcile.Options, format reconcile.Format,
+func writeReport(cmd *cobra.Command, store backend, cfg *config.Config, opts reconcile.Options, format reconcile.Format,
 	outPath string) (*reconcile.Report, error) {
 	ctx := cmd.Context()
 	if outPath == "" {

@@ -13,18 +13,21 @@ import (
 
 // serveRole is what one `meterd serve` process does (--role). The embedded deployment runs everything in one
 // process (all); the roles split it where the parts differ: the API takes ingest and answers reads, the
-// scheduler closes hours and pushes. Both may run against the same store, and more than one scheduler may run:
-// the push lease lets exactly one of them act.
+// collector (scale-out only) moves events from Kafka into ClickHouse, the scheduler closes hours and pushes. They
+// may run against the same store, and more than one collector and scheduler may run: collectors share the
+// partitions of one consumer group, and exactly one scheduler acts (the Kafka election in scale-out, and the push
+// lease in every deployment).
 type serveRole string
 
 const (
-	roleAll       serveRole = "all"       // ingest, read APIs, close, push, /metrics
+	roleAll       serveRole = "all"       // every part below that the deployment has
 	roleAPI       serveRole = "api"       // ingest and read APIs, /metrics; no close, no push
+	roleCollector serveRole = "collector" // Kafka -> ClickHouse, /metrics; scale-out only
 	roleScheduler serveRole = "scheduler" // close and push, /metrics; no ingest, no /v1 API
 )
 
 // roles lists the roles, for metrics created up front and for help texts.
-var roles = []serveRole{roleAPI, roleScheduler, roleAll}
+var roles = []serveRole{roleAPI, roleCollector, roleScheduler, roleAll}
 
 func parseRole(s string) (serveRole, error) {
 	for _, r := range roles {
@@ -32,17 +35,17 @@ func parseRole(s string) (serveRole, error) {
 			return r, nil
 		}
 	}
-	if s == "collector" {
-		return "", usagef("--role: collector arrives with the scale-out deployment (Kafka); this build has api, scheduler and all")
-	}
-	return "", usagef("--role: %q must be api, scheduler or all", s)
+	return "", usagef("--role: %q must be api, collector, scheduler or all", s)
 }
 
 // serves tells whether the role serves ingest and the /v1 API.
-func (r serveRole) serves() bool { return r != roleScheduler }
+func (r serveRole) serves() bool { return r == roleAll || r == roleAPI }
+
+// collects tells whether the role consumes the events topic (when there is one).
+func (r serveRole) collects() bool { return r == roleAll || r == roleCollector }
 
 // schedules tells whether the role closes hours and pushes.
-func (r serveRole) schedules() bool { return r != roleAPI }
+func (r serveRole) schedules() bool { return r == roleAll || r == roleScheduler }
 
 // pushWatch keeps what the last push run learnt about the lease, for /readyz. A run that ends without the lease
 // and without an error found another scheduler holding a live lease; an error before that means the lease could

@@ -19,29 +19,37 @@ import (
 )
 
 func TestParseRole(t *testing.T) {
-	for _, ok := range []string{"api", "scheduler", "all"} {
+	for _, ok := range []string{"api", "collector", "scheduler", "all"} {
 		if r, err := parseRole(ok); err != nil || string(r) != ok {
 			t.Errorf("parseRole(%q) = %q, %v", ok, r, err)
 		}
 	}
-	for _, bad := range []string{"", "API", "collector", "both"} {
+	for _, bad := range []string{"", "API", "collectors", "both"} {
 		_, err := parseRole(bad)
 		var ue usageError
 		if !errors.As(err, &ue) {
 			t.Errorf("parseRole(%q): %v, want a usage error", bad, err)
 		}
 	}
-	if !roleAll.serves() || !roleAll.schedules() || !roleAPI.serves() || roleAPI.schedules() || roleScheduler.serves() || !roleScheduler.schedules() {
+	if !roleAll.serves() || !roleAll.schedules() || !roleAll.collects() || !roleAPI.serves() || roleAPI.schedules() || roleAPI.collects() ||
+		roleScheduler.serves() || !roleScheduler.schedules() || roleScheduler.collects() ||
+		roleCollector.serves() || roleCollector.schedules() || !roleCollector.collects() {
 		t.Error("role capabilities")
 	}
 }
 
-// TestServeRoleFlagIsCheckedFirst: a bad --role is a usage error (exit 2) even with --validate.
+// TestServeRoleFlagIsCheckedFirst: a bad --role is a usage error (exit 2) even with --validate, and so is the
+// collector role on a config without Kafka.
 func TestServeRoleFlagIsCheckedFirst(t *testing.T) {
-	var stderr strings.Builder
-	code := run(t.Context(), []string{"serve", "--role", "collector", "--validate"}, strings.NewReader(""), io.Discard, &stderr)
-	if code != exitUsage || !strings.Contains(stderr.String(), "scale-out") {
-		t.Errorf("exit %d, stderr %q", code, stderr.String())
+	for _, tt := range []struct{ role, want string }{
+		{"both", `--role: "both" must be api, collector, scheduler or all`},
+		{"collector", "--role collector: needs kafka.brokers"},
+	} {
+		var stderr strings.Builder
+		code := run(t.Context(), []string{"serve", "--role", tt.role, "--validate"}, strings.NewReader(""), io.Discard, &stderr)
+		if code != exitUsage || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("--role %s: exit %d, stderr %q", tt.role, code, stderr.String())
+		}
 	}
 }
 

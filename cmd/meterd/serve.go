@@ -25,7 +25,6 @@ import (
 	"github.com/meterd/meterd/report"
 	"github.com/meterd/meterd/report/koogallery"
 	"github.com/meterd/meterd/report/reconcile"
-	"github.com/meterd/meterd/store/sqlite"
 )
 
 // shutdownGrace bounds how long SIGTERM waits for in-flight requests; each of them is waiting for a commit, which
@@ -43,9 +42,11 @@ func newServeCmd() *cobra.Command {
 SIGTERM or SIGINT stops it gracefully: requests in flight finish and every acknowledged event is on disk.
 
 --role splits the work between processes on the same store: api (ingest and the /v1 API; no close, no push),
-scheduler (hour close and push; no ingest, no /v1 API), all (both; the default). Every role serves /metrics,
-/healthz and /readyz; /readyz checks the store, and for the scheduler also that the push lease is held here or by
-another live scheduler.`,
+collector (scale-out: consumes the events topic into ClickHouse), scheduler (hour close and push; no ingest, no
+/v1 API), all (every part; the default). With kafka.brokers set (store.driver clickhouse), ingest produces to
+Kafka, collectors of one consumer group store, and the schedulers elect one of them through a Kafka group. Every
+role serves /metrics, /healthz and /readyz; /readyz checks the store (and Kafka when used), and for the scheduler
+also that the push lease is held here or by another live scheduler.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			role, err := parseRole(roleName)
@@ -55,6 +56,9 @@ another live scheduler.`,
 			cfg, err := loadConfig(cmd, configPath, true)
 			if err != nil {
 				return err
+			}
+			if role == roleCollector && !scaledOut(cfg) {
+				return usagef("--role collector: needs kafka.brokers (the scale-out deployment); without Kafka the api role stores ingest")
 			}
 			if validate {
 				fmt.Fprintln(cmd.OutOrStdout(), "config ok")
@@ -70,7 +74,7 @@ another live scheduler.`,
 	cmd.Flags().StringVar(&configPath, "config", "", "config file (YAML); defaults apply when omitted")
 	cmd.Flags().BoolVar(&validate, "validate", false, "check the config and exit: 0 when valid, 2 listing every problem")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	cmd.Flags().StringVar(&roleName, "role", string(roleAll), "api (ingest and /v1 API), scheduler (close and push) or all")
+	cmd.Flags().StringVar(&roleName, "role", string(roleAll), "api (ingest and /v1 API), collector (Kafka to ClickHouse), scheduler (close and push) or all")
 	return cmd
 }
 
@@ -93,33 +97,62 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 		}
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
-	store, err := sqlite.Open(ctx, cfg.Store.SQLite.Path, sqlite.Options{Logger: log})
+	store, err := openStore(ctx, cfg, storeOptions{Logger: log})
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)
 	registerProcessMetrics(reg, cfg, role)
 
+	validator := ingest.NewValidator(cfg.MeterSet(), cfg.Ingest.MaxEventAge.Duration, cfg.Ingest.MaxFutureSkew.Duration)
+	// Scale-out: ingest produces to Kafka, collectors store, one elected scheduler closes and pushes.
+	var sink ingest.Sink = store
+	var out *scaleOut
+	var gate func() (context.Context, bool)
+	ready := store.Ping
+	if scaledOut(cfg) {
+		if out, gate, err = startScaleOut(ctx, cfg, role, store, validator, reg, log); err != nil {
+			return errors.Join(err, store.Close())
+		}
+		if out.producer != nil {
+			sink = out.producer
+		}
+		ready = func(ctx context.Context) error {
+			if err := store.Ping(ctx); err != nil {
+				return err
+			}
+			return out.ping(ctx)
+		}
+	}
+	// closeAll stops the Kafka side first (collectors write to the store), then the store.
+	closeAll := func() error {
+		var err error
+		if out != nil {
+			err = out.stop()
+		}
+		return errors.Join(err, store.Close())
+	}
+
 	api := http.NewServeMux()
 	if role.serves() {
 		handler, err := ingest.NewHandler(ingest.HandlerConfig{
-			Validator: ingest.NewValidator(cfg.MeterSet(), cfg.Ingest.MaxEventAge.Duration, cfg.Ingest.MaxFutureSkew.Duration),
-			Sink:      store,
+			Validator: validator,
+			Sink:      sink,
 			Rejected:  store,
 			MaxBody:   cfg.Ingest.MaxBody.Bytes,
 			Metrics:   ingest.NewMetrics(reg),
 			Logger:    log,
 		})
 		if err != nil {
-			return errors.Join(err, store.Close())
+			return errors.Join(err, closeAll())
 		}
 		handler.Register(api)
 	}
 	// Every role creates the config's instances at start (the closer needs them); only the API serves them.
 	if _, err := startInstances(ctx, cfg, store, log, api); err != nil {
-		return errors.Join(err, store.Close())
+		return errors.Join(err, closeAll())
 	}
 	// The api role neither closes nor pushes: its pipeline only previews open hours for /v1/usage, needs no
 	// KooGallery key, and its close and push metrics stay out of /metrics (a scheduler exports them).
@@ -131,7 +164,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 	}
 	pipe, err := newPipeline(pipeCfg, store, log, pipeReg, holderName("serve"), nil)
 	if err != nil {
-		return errors.Join(err, store.Close())
+		return errors.Join(err, closeAll())
 	}
 	if role.serves() {
 		aggregate.NewUsageHandler(pipe.closer, log).Register(api)
@@ -146,8 +179,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 			stopHUP := reloadKeyOnSIGHUP(pipe.keys, log)
 			defer stopHUP()
 		}
-		if sched, err = startCycle(ctx, pipe, log, watch.record); err != nil {
-			return errors.Join(err, store.Close())
+		if sched, err = startCycle(ctx, pipe, log, watch.record, gate); err != nil {
+			return errors.Join(err, closeAll())
 		}
 		stopMonitor = newStoreMonitor(reg, store, cfg.Catalog(), log, nil).start(ctx)
 	}
@@ -171,7 +204,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /readyz", readyHandler(role, store.Ping, watch, func() bool {
+	mux.HandleFunc("GET /readyz", readyHandler(role, ready, watch, func() bool {
 		v, ok := gaugeValue(reg, "meterd_push_leader")
 		return ok && v == 1
 	}))
@@ -188,19 +221,19 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return errors.Join(fmt.Errorf("listen %s: %w", cfg.Listen, err), store.Close())
+		return errors.Join(fmt.Errorf("listen %s: %w", cfg.Listen, err), closeAll())
 	}
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig) // HTTPS (HTTP/1.1); the timeouts above apply to the handshake too
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "store", "sqlite", "path", cfg.Store.SQLite.Path,
-		"auth", tokens.Enabled(), "role", role, "tls", tlsConfig != nil)
+	log.Info("listening", append([]any{"addr", ln.Addr().String(), "auth", tokens.Enabled(), "role", role,
+		"tls", tlsConfig != nil}, storeWhere(cfg)...)...)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
 	case err := <-serveErr:
-		return errors.Join(fmt.Errorf("http server: %w", err), shutdownCycle(), store.Close())
+		return errors.Join(fmt.Errorf("http server: %w", err), shutdownCycle(), closeAll())
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing requests in flight")
@@ -208,7 +241,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 	defer cancel()
 	shutErr := srv.Shutdown(shutCtx)
 	schedErr := shutdownCycle()
-	closeErr := store.Close()
+	closeErr := closeAll()
 	if schedErr != nil {
 		log.Error("stop scheduler", "err", schedErr)
 	}
@@ -238,23 +271,40 @@ const pushInterval = 2 * time.Second
 // start so that hours missed while meterd was down are caught up at once. Singleton mode: a long run is never
 // started twice at the same time.
 // onPush, when set, learns the outcome of every push run (readiness watches the lease through it).
-func startCycle(ctx context.Context, p *pipeline, log *slog.Logger, onPush func(report.Summary, error)) (gocron.Scheduler, error) {
+func startCycle(ctx context.Context, p *pipeline, log *slog.Logger, onPush func(report.Summary, error),
+	gate func() (context.Context, bool)) (gocron.Scheduler, error) {
 	s, err := gocron.NewScheduler(gocron.WithLocation(time.UTC))
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
-	closeTask := func() {
-		if done, err := p.closer.CloseDue(ctx); err != nil {
-			log.Error("close hours", "err", err, "closed", len(done))
+	// elected runs fn only while this process leads the scheduler election (always without one), under a context
+	// that ends when leadership does: a scheduler that lost the election stops at its next store call.
+	elected := func(fn func(ctx context.Context)) bool {
+		if gate == nil {
+			fn(ctx)
+			return true
 		}
+		term, ok := gate()
+		if !ok {
+			return false
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(term, cancel)()
+		fn(runCtx)
+		return true
+	}
+	closeTask := func() {
+		elected(func(ctx context.Context) {
+			if done, err := p.closer.CloseDue(ctx); err != nil {
+				log.Error("close hours", "err", err, "closed", len(done))
+			}
+		})
 	}
 	pushTask := func() {
-		sum, err := p.pusher.RunOnce(ctx, report.RunOptions{})
-		if err != nil && ctx.Err() == nil {
-			log.Error("push", "err", err)
-		}
-		if onPush != nil {
-			onPush(sum, err)
+		ran := elected(func(ctx context.Context) { pushOnce(ctx, p, log, onPush) })
+		if !ran && onPush != nil {
+			onPush(report.Summary{}, nil) // standing by: another scheduler leads
 		}
 	}
 	once := []gocron.JobOption{gocron.WithSingletonMode(gocron.LimitModeReschedule), gocron.WithStartAt(gocron.WithStartImmediately())}
@@ -266,6 +316,17 @@ func startCycle(ctx context.Context, p *pipeline, log *slog.Logger, onPush func(
 	}
 	s.Start()
 	return s, nil
+}
+
+// pushOnce runs the push once and reports the outcome to onPush.
+func pushOnce(ctx context.Context, p *pipeline, log *slog.Logger, onPush func(report.Summary, error)) {
+	sum, err := p.pusher.RunOnce(ctx, report.RunOptions{})
+	if err != nil && ctx.Err() == nil {
+		log.Error("push", "err", err)
+	}
+	if onPush != nil {
+		onPush(sum, err)
+	}
 }
 
 // reloadKeyOnSIGHUP re-reads the KooGallery key on SIGHUP, so a rotated key is used without a restart.

@@ -14,7 +14,6 @@ import (
 	"github.com/meterd/meterd/config"
 	"github.com/meterd/meterd/report"
 	"github.com/meterd/meterd/report/koogallery"
-	"github.com/meterd/meterd/store/sqlite"
 )
 
 // pipeline is the hourly cycle wired on one store: the closer and the pusher with its KooGallery client.
@@ -26,12 +25,12 @@ type pipeline struct {
 
 // newPipeline wires the close and the push from the config. reg may be a throwaway registry for one-shot commands;
 // now is the clock of every part (nil: time.Now; the demo replays hours on a simulated one).
-func newPipeline(cfg *config.Config, store *sqlite.Store, log *slog.Logger, reg prometheus.Registerer, holder string, now func() time.Time) (*pipeline, error) {
+func newPipeline(cfg *config.Config, store backend, log *slog.Logger, reg prometheus.Registerer, holder string, now func() time.Time) (*pipeline, error) {
 	if now == nil {
 		now = time.Now
 	}
 	closer, err := aggregate.NewCloser(aggregate.CloserConfig{Store: store, Instances: store, Meters: cfg.MeterSet(),
-		Catalog: cfg.Catalog(), Watermark: aggregate.SyncWatermark{}, LatePolicy: aggregate.LatePolicy(cfg.Schedule.LatePolicy),
+		Catalog: cfg.Catalog(), Watermark: watermarkFor(cfg), LatePolicy: aggregate.LatePolicy(cfg.Schedule.LatePolicy),
 		CloseDelay: cfg.Schedule.CloseDelay.Duration, ForceAfter: cfg.Schedule.ForceAfter(), Logger: log,
 		Metrics: aggregate.NewMetrics(reg), Now: now})
 	if err != nil {

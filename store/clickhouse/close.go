@@ -27,7 +27,11 @@ const committed = `close_id IN (SELECT min(close_id) FROM hour_closes GROUP BY h
 func (s *Store) EarliestEventTime(ctx context.Context, seqUpTo int64) (time.Time, bool, error) {
 	var ms int64
 	var n uint64
-	if err := s.conn.QueryRow(ctx, `SELECT min(time_ms), count() FROM event_values WHERE seq <= ?`, seqUpTo).Scan(&ms, &n); err != nil {
+	window, args, err := s.seqWindow(ctx, "seq", 0, seqUpTo)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	if err := s.conn.QueryRow(ctx, `SELECT min(time_ms), count() FROM event_values WHERE `+window, args...).Scan(&ms, &n); err != nil {
 		return time.Time{}, false, fmt.Errorf("read earliest event time: %w", err)
 	}
 	if n == 0 {
@@ -39,7 +43,7 @@ func (s *Store) EarliestEventTime(ctx context.Context, seqUpTo int64) (time.Time
 // totalsSQL builds the query of aggregate.Totals: the inner query keeps the first copy (min seq) of each event
 // key per meter, the outer one keeps the copies inside the sequence range and totals them per hour, in
 // Decimal(38, 10) (sum, max) or as an exact distinct count.
-func totalsSQL(q aggregate.TotalsQuery) (string, []any, error) {
+func totalsSQL(q aggregate.TotalsQuery, window string, windowArgs []any) (string, []any, error) {
 	var agg string
 	switch q.Kind {
 	case aggregate.KindSum:
@@ -68,14 +72,18 @@ func totalsSQL(q aggregate.TotalsQuery) (string, []any, error) {
 		b.WriteString(" AND subject = ?")
 		args = append(args, q.Subject)
 	}
-	b.WriteString(" GROUP BY meter, source, id) WHERE first_seq > ? AND first_seq <= ? GROUP BY meter, subj, h ORDER BY meter, subj, h")
-	args = append(args, q.SeqAfter, q.SeqUpTo)
+	b.WriteString(" GROUP BY meter, source, id) WHERE " + window + " GROUP BY meter, subj, h ORDER BY meter, subj, h")
+	args = append(args, windowArgs...)
 	return b.String(), args, nil
 }
 
 // Totals computes exact totals of stored meter values in ClickHouse (aggregate.Store).
 func (s *Store) Totals(ctx context.Context, q aggregate.TotalsQuery) ([]aggregate.Total, error) {
-	query, args, err := totalsSQL(q)
+	window, windowArgs, err := s.seqWindow(ctx, "first_seq", q.SeqAfter, q.SeqUpTo)
+	if err != nil {
+		return nil, err
+	}
+	query, args, err := totalsSQL(q, window, windowArgs)
 	if err != nil {
 		return nil, err
 	}

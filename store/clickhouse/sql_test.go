@@ -13,7 +13,7 @@ import (
 func TestTotalsSQL(t *testing.T) {
 	from := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
 	q, args, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum, Meters: []string{"tokens", "calls"}, From: from,
-		To: from.Add(time.Hour), SeqAfter: 10, SeqUpTo: 20, Subject: "tenant-42"})
+		To: from.Add(time.Hour), Subject: "tenant-42"}, "first_seq > ? AND first_seq <= ?", []any{int64(10), int64(20)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,12 +28,12 @@ func TestTotalsSQL(t *testing.T) {
 		t.Errorf("args %v", args)
 	}
 	for kind, agg := range map[aggregate.Kind]string{aggregate.KindMax: "max(v)", aggregate.KindDistinct: "uniqExact(k)"} {
-		q, _, err := totalsSQL(aggregate.TotalsQuery{Kind: kind, Meters: []string{"m"}})
+		q, _, err := totalsSQL(aggregate.TotalsQuery{Kind: kind, Meters: []string{"m"}}, "1", nil)
 		if err != nil || !strings.Contains(q, agg+" AS total") {
 			t.Errorf("%s: %v %s", kind, err, q)
 		}
 	}
-	if _, _, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum}); err == nil {
+	if _, _, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum}, "1", nil); err == nil {
 		t.Error("no meters accepted")
 	}
 }

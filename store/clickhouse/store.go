@@ -5,10 +5,12 @@
 //   - Exactly once: every reader keeps the first stored copy of an event key (source, id), argMin by ingest
 //     sequence, so totals are exact whatever merges have or have not happened; the writer's pre-check only keeps
 //     repeats out of the tables.
-//   - Ingest sequence: one writer per store (a mutex) assigns seq from a counter loaded at Open and holds the
-//     mutex until its inserts returned; LastSeq takes the same mutex, so no event with a lower seq can be stored
-//     after the snapshot it returns. One writing process per database (the collectors of issue 8 replace this
-//     with Kafka offsets).
+//   - Ingest sequence, written directly (HTTP ingest into ClickHouse): one writer per store (a mutex) assigns seq
+//     from a counter loaded at Open and holds the mutex until its inserts returned; LastSeq takes the same mutex,
+//     so no event with a lower seq can be stored after the snapshot it returns. One writing process per database.
+//   - Ingest sequence, fed by Kafka (Options.Offsets): seq is the event's Kafka position and the close snapshots
+//     the collectors' committed offsets (stream.go), so any number of collectors may write.
+//   - SDR ledger: append-only state rows ranked by (lease epoch, version) (ledger.go).
 //   - Hour close: rows carry their close_id and only the first marker's close_id of an hour is visible, so a
 //     close is all or nothing and re-running it after a crash is harmless.
 //   - Totals are computed in ClickHouse in Decimal(38, 10), never Float64.
@@ -29,6 +31,8 @@ import (
 	"github.com/meterd/meterd/aggregate"
 	"github.com/meterd/meterd/aggregate/instance"
 	"github.com/meterd/meterd/ingest"
+	"github.com/meterd/meterd/report"
+	"github.com/meterd/meterd/report/bill"
 )
 
 var (
@@ -36,6 +40,8 @@ var (
 	_ ingest.RejectedLister = (*Store)(nil)
 	_ aggregate.Store       = (*Store)(nil)
 	_ instance.Store        = (*Store)(nil)
+	_ report.Ledger         = (*Store)(nil)
+	_ bill.Store            = (*Store)(nil)
 )
 
 // Config locates the ClickHouse database.
@@ -67,6 +73,9 @@ type Options struct {
 	Logger *slog.Logger
 	// NoMigrate skips applying migrations at open, for `meterd migrate`, which applies and reports them itself.
 	NoMigrate bool
+	// Offsets, when set, makes the store stream-fed (scale-out with Kafka): events are written by collectors with
+	// their Kafka positions as ingest sequence, and a close snapshots these offsets instead of a counter.
+	Offsets Offsets
 }
 
 // Store is the ClickHouse storage.
@@ -80,7 +89,9 @@ type Store struct {
 	dead   int64      // last dead-letter number
 	closed bool
 
-	imu sync.Mutex // instance applies and close commits: read-decide-write as one step in this process
+	imu sync.Mutex // instance applies, close commits and ledger writes: read-decide-write as one step in this process
+
+	snaps snapshots // stream-fed stores only
 }
 
 // Open connects, creates the database if needed, applies pending migrations and loads the sequence counters.
@@ -116,6 +127,9 @@ func Open(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 			return nil, errors.Join(err, conn.Close())
 		}
 		if err := s.loadCounters(ctx); err != nil {
+			return nil, errors.Join(err, conn.Close())
+		}
+		if err := s.loadSnapshots(ctx); err != nil {
 			return nil, errors.Join(err, conn.Close())
 		}
 	}
@@ -163,8 +177,12 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // LastSeq returns the ingest sequence snapshot for an hour close. It waits for the write in progress, so every
-// event with seq <= the result is stored (or its write failed) and no later write can use a lower seq.
-func (s *Store) LastSeq(_ context.Context) (int64, error) {
+// event with seq <= the result is stored (or its write failed) and no later write can use a lower seq. A
+// stream-fed store returns a snapshot of the stored Kafka offsets instead (stream.go).
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	if s.opts.Offsets != nil {
+		return s.takeSnapshot(ctx)
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	return s.seq, nil

@@ -67,8 +67,17 @@ func (s *Store) Write(ctx context.Context, events []*ingest.Event, rejected []*i
 		// First copy of its key: later copies in the same batch are judged against it.
 		stored[k] = storedCopy{hash: string(ev.Hash[:]), raw: string(ev.Raw)}
 		res.Outcomes[i] = ingest.Stored
-		seq++
-		seqs[i] = seq
+		if s.opts.Offsets != nil {
+			if ev.Stream == nil {
+				return ingest.WriteResult{}, errNoPosition
+			}
+			if seqs[i], err = streamSeq(ev.Stream); err != nil {
+				return ingest.WriteResult{}, err
+			}
+		} else {
+			seq++
+			seqs[i] = seq
+		}
 		fresh = append(fresh, i)
 	}
 	now := s.opts.Now().UnixMilli()
