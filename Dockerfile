@@ -6,7 +6,7 @@
 #
 #   docker build -t meterd .
 #   docker run --rm meterd version
-#   docker run -v meterd-data:/var/lib/meterd -v "$PWD/deploy/compose/meterd.yaml:/etc/meterd/meterd.yaml:ro" ... meterd
+#   docker run -v meterd-data:/var/lib/meterd -v "$PWD/deploy/systemd/meterd.yaml:/etc/meterd/meterd.yaml:ro" ... meterd
 ARG GO_VERSION=1.26
 
 FROM golang:${GO_VERSION}-bookworm AS build

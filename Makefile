@@ -1,6 +1,6 @@
 # Local services for the integration tests (build tag `integration`) and trials of the scale-out deployment.
 # State lives in $${METERD_SERVICES_DIR:-/tmp/meterd-services}; see deploy/local/*.sh.
-.PHONY: services-up services-down services-status test test-integration
+.PHONY: services-up services-down services-status test test-integration bench bench-smoke
 
 services-up:
 	deploy/local/clickhouse.sh up
@@ -20,4 +20,13 @@ test:
 # Needs `make services-up` first; fails (never skips) when ClickHouse is not reachable.
 test-integration:
 	go test -count=1 -tags integration ./store/clickhouse/... ./stream/...
-	go test -count=1 -tags integration -run '^(TestClickHouseEndToEnd|TestScaleOutEndToEnd|TestScaleOutSurvivesClickHouseRestart)$$' ./cmd/meterd/
+	go test -count=1 -tags integration -run '^(TestClickHouseEndToEnd|TestScaleOutEndToEnd|TestScaleOutSurvivesClickHouseRestart|TestScaleOutSurvivesKafkaRestart)$$' ./cmd/meterd/
+
+# Every benchmark of docs/performance.md in one run (full sizes, about an hour and a half; needs services-up).
+# It rewrites the generated section of docs/performance.md. bench-smoke runs the same at tiny sizes into a temp
+# file: it keeps the command working and asserts nothing about time.
+bench:
+	bench/run.sh
+
+bench-smoke:
+	SIZE=smoke OUT=$$(mktemp) bench/run.sh

@@ -146,4 +146,5 @@ latency      p50 $p50, p99 $p99 per request
 serve        peak RSS $(( hwm / 1024 )) MiB, CPU ${cpu_s}s during the measure (gen ${gen_s}s, other processes ${other_s}s)
 ceiling      $ceil_eps events/s (Store.Write alone, same store, same batches; other processes $(sed -n 's/.*other processes \([^ ]*\)$/\1/p' "$work/ceiling.txt"))
 ratio        HTTP / ceiling = $(awk -v a="$http_eps" -v b="$ceil_eps" 'BEGIN {printf "%.2f\n", a/b}')
+RESULT ingest stored=$(( PRELOAD + WARMUP )) http_eps=$http_eps p50=$p50 p99=$p99 serve_rss_mib=$(( hwm / 1024 )) ceiling_eps=$ceil_eps other_cpu_s=$other_s
 EOF

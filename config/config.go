@@ -4,7 +4,9 @@
 package config
 
 import (
+	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +103,79 @@ type ClickHouseStore struct {
 	Database     string `yaml:"database"`      // created if missing
 	Username     string `yaml:"username"`      // empty: the server's default user
 	PasswordFile string `yaml:"password_file"` // surrounding whitespace trimmed; empty: no password; never logged
+	// TLS secures the native protocol (the server's secure port, 9440 by default, rather than 9000).
+	TLS ClientTLS `yaml:"tls"`
+}
+
+// ClientTLS secures a connection meterd opens (to Kafka, to ClickHouse). Enabled alone verifies the server against
+// the system's roots; ca_file (PEM) trusts its CAs instead; cert_file and key_file (PEM, both or neither) present a
+// client certificate for mutual TLS; server_name is the name the server's certificate must carry (default: the
+// host dialled). The server's certificate is always verified: there is no setting to skip that. The files are
+// read at load, so that --validate catches a missing or broken one.
+type ClientTLS struct {
+	Enabled    bool   `yaml:"enabled"`
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+}
+
+// validate checks a client TLS section; path is its key path. Errors name files, never their content.
+func (t ClientTLS) validate(path string) []error {
+	if !t.Enabled {
+		// A file without enabled would look like TLS while the connection stays plaintext.
+		if t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" {
+			return []error{fmt.Errorf("%s.enabled: false, but ca_file, cert_file, key_file or server_name is set: set enabled: true, or remove them", path)}
+		}
+		return nil
+	}
+	var errs []error
+	if n := t.ServerName; n != "" && net.ParseIP(n) == nil && strings.ContainsAny(n, ":/ \t\r\n") {
+		errs = append(errs, fmt.Errorf("%s.server_name: %q must be a host name (no port, scheme or spaces)", path, n))
+	}
+	if _, err := t.Load(path); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// Load reads the files into a client configuration that always verifies the server (TLS 1.2 at least); nil when
+// TLS is not enabled. path is the section's key path, which prefixes every problem; errors name the files and
+// the problem, never key material.
+func (t ClientTLS) Load(path string) (*tls.Config, error) {
+	if !t.Enabled {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	var errs []error
+	if t.CAFile != "" {
+		// Only these CAs are trusted, not the system's as well: a private CA pins the brokers or the server.
+		pem, err := os.ReadFile(t.CAFile)
+		c.RootCAs = x509.NewCertPool()
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s.ca_file: %w", path, err))
+		case !c.RootCAs.AppendCertsFromPEM(pem):
+			errs = append(errs, fmt.Errorf("%s.ca_file: %s holds no PEM certificate", path, t.CAFile))
+		}
+	}
+	switch {
+	case t.CertFile == "" && t.KeyFile == "":
+	case t.CertFile == "":
+		errs = append(errs, fmt.Errorf("%s.cert_file: required with %s.key_file (mutual TLS needs both)", path, path))
+	case t.KeyFile == "":
+		errs = append(errs, fmt.Errorf("%s.key_file: required with %s.cert_file (mutual TLS needs both)", path, path))
+	default:
+		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.cert_file: %w", path, err))
+		}
+		c.Certificates = []tls.Certificate{pair}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // SQLiteStore is the embedded store.
@@ -129,6 +204,76 @@ type Kafka struct {
 	// assigned the partition leads.
 	ControlTopic     string `yaml:"control_topic"`
 	SchedulerGroupID string `yaml:"scheduler_group_id"`
+	// TLS and SASL secure every connection to the brokers (producer, collectors, topic administration, positions,
+	// election). Both off by default: plaintext without authentication.
+	TLS  ClientTLS `yaml:"tls"`
+	SASL KafkaSASL `yaml:"sasl"`
+}
+
+// SASL mechanisms meterd speaks to Kafka (the key's values).
+const (
+	SASLPlain       = "plain"
+	SASLSCRAMSHA256 = "scram-sha-256"
+	SASLSCRAMSHA512 = "scram-sha-512"
+)
+
+// KafkaSASL authenticates meterd to the brokers. An empty mechanism sends no credentials. plain sends the password
+// itself, so it is refused without TLS unless every broker is on loopback; scram-sha-256 and scram-sha-512 prove
+// the password without sending it. The password is only ever read from password_file (surrounding whitespace
+// trimmed), never from the YAML, so it cannot end up in the config or its printouts.
+type KafkaSASL struct {
+	Mechanism    string `yaml:"mechanism"`
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// validate checks the SASL section; path is its key path, tlsOn whether kafka.tls is enabled, brokers the brokers.
+func (s KafkaSASL) validate(path string, tlsOn bool, brokers []string) []error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s.%s: %s", path, key, fmt.Sprintf(format, args...)))
+	}
+	switch s.Mechanism {
+	case "":
+		if s.Username != "" || s.PasswordFile != "" {
+			add("mechanism", "required with username or password_file (plain, scram-sha-256 or scram-sha-512); without it no credentials are sent")
+		}
+		return errs
+	case SASLPlain, SASLSCRAMSHA256, SASLSCRAMSHA512:
+	default:
+		add("mechanism", "%q must be plain, scram-sha-256 or scram-sha-512 (or empty: no authentication)", s.Mechanism)
+	}
+	if strings.TrimSpace(s.Username) == "" {
+		add("username", "required with mechanism %s", s.Mechanism)
+	}
+	if s.PasswordFile == "" {
+		add("password_file", "required with mechanism %s (the password is only read from a file)", s.Mechanism)
+	} else if data, err := os.ReadFile(s.PasswordFile); err != nil {
+		add("password_file", "%v", err) // os errors name the path and the cause, never the content
+	} else if len(bytes.TrimSpace(data)) == 0 {
+		add("password_file", "%s is empty", s.PasswordFile)
+	}
+	if s.Mechanism == SASLPlain && !tlsOn {
+		if remote := nonLoopback(brokers); len(remote) > 0 {
+			add("mechanism", "plain sends the password in clear text, and broker %s is not on loopback: enable kafka.tls, or use scram-sha-256 or scram-sha-512", remote[0])
+		}
+	}
+	return errs
+}
+
+// nonLoopback returns the brokers whose host is neither localhost nor a loopback address.
+func nonLoopback(brokers []string) []string {
+	var out []string
+	for _, b := range brokers {
+		host, _, err := net.SplitHostPort(b)
+		if err != nil {
+			host = b
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // validate checks the kafka section; path is its key path.
@@ -185,6 +330,8 @@ func (k Kafka) validate(path string) []error {
 	case k.BatchWait.Duration < time.Millisecond || k.BatchWait.Duration > time.Minute:
 		add("batch_wait", "%s must be from 1ms to 1m", k.BatchWait.Duration)
 	}
+	errs = append(errs, k.TLS.validate(path+".tls")...)
+	errs = append(errs, k.SASL.validate(path+".sasl", k.TLS.Enabled, k.Brokers)...)
 	return errs
 }
 
@@ -398,6 +545,7 @@ func (c *Config) Validate() error {
 				add("store.clickhouse.password_file", "%v", err)
 			}
 		}
+		errs = append(errs, c.Store.ClickHouse.TLS.validate("store.clickhouse.tls")...)
 	default:
 		add("store.driver", "%q must be sqlite or clickhouse", c.Store.Driver)
 	}

@@ -46,9 +46,9 @@ type CollectorOptions struct {
 // Guarantee: at least once into the store, never past an unstored message. An offset is committed only after
 // the Sink returned nil for every message up to it, so a crash, a rebalance or a store outage redelivers what
 // was not stored, and the Sink's dedup on (source, id) makes the redelivered copies harmless (counted as
-// duplicates). While the Sink fails the same batch is retried with capped exponential backoff and nothing more
-// is fetched, so memory stays bounded by one batch (plus the reader's prefetch queue) and the lag grows visibly
-// in Kafka instead of in this process.
+// duplicates). While the Sink fails the same batch is retried with capped exponential backoff and nothing is
+// fetched beyond the next batch, so memory stays bounded by two batches (plus the reader's prefetch queue) and
+// the lag grows visibly in Kafka instead of in this process.
 type Collector struct {
 	src       source
 	dlq       messageWriter
@@ -76,8 +76,13 @@ func NewCollector(cfg Config, opts CollectorOptions) (*Collector, error) {
 	if err := checkOptions(opts); err != nil {
 		return nil, err
 	}
+	sec, err := cfg.Security.build(cfg.Brokers)
+	if err != nil {
+		return nil, err
+	}
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:     cfg.Brokers,
+		Dialer:      sec.dialer(dialTimeout),
 		GroupID:     cfg.GroupID,
 		Topic:       cfg.Topic,
 		StartOffset: kafka.FirstOffset,
@@ -90,7 +95,7 @@ func NewCollector(cfg Config, opts CollectorOptions) (*Collector, error) {
 		CommitInterval: 0,
 		ErrorLogger:    kafka.LoggerFunc(errorLogger(opts.Logger)),
 	})
-	w := newWriter(cfg.Brokers)
+	w := newWriter(cfg.Brokers, sec)
 	return newCollector(&groupReader{Reader: r}, w, cfg, opts), nil
 }
 
@@ -126,18 +131,50 @@ func newCollector(src source, dlq messageWriter, cfg Config, opts CollectorOptio
 	return c
 }
 
+// prepared is a fetched and validated batch, ready to store.
+type prepared struct {
+	batch       []kafka.Message
+	events      []*ingest.Event
+	rejected    []*ingest.Rejection
+	rejectedPos []*ingest.StreamPos
+	fetchErr    error
+}
+
 // Run consumes until ctx is cancelled, then returns nil; a batch not yet stored is dropped uncommitted and will be
 // redelivered. It returns an error only when it cannot go on (the reader was closed).
+//
+// Two stages overlap: while one batch is written to the store (which mostly waits on the database), the next is
+// fetched and validated (which needs the CPU). At most one batch waits ready, so memory stays bounded by two
+// batches, and offsets are still committed in order, each after its own batch is stored.
 func (c *Collector) Run(ctx context.Context) error {
 	defer c.forgetPartitions()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	ready := make(chan prepared) // unbuffered: the one batch ready waits in the sender
+	go func() {
+		defer close(ready)
+		for ctx.Err() == nil {
+			batch, fetchErr := c.fetchBatch(ctx)
+			p := c.prepare(batch)
+			p.fetchErr = fetchErr
+			select {
+			case ready <- p:
+			case <-ctx.Done():
+				return
+			}
+			if fetchErr != nil && (errors.Is(fetchErr, io.EOF) || ctx.Err() != nil) {
+				return
+			}
+		}
+	}()
 	retry := c.backoff()
-	for {
-		batch, fetchErr := c.fetchBatch(ctx)
+	for p := range ready {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if len(batch) > 0 {
-			if err := c.process(ctx, batch); err != nil {
+		fetchErr := p.fetchErr
+		if len(p.batch) > 0 {
+			if err := c.process(ctx, p); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -158,6 +195,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+	return nil
 }
 
 // Close leaves the consumer group and closes the dead-letter writer.
@@ -193,27 +231,31 @@ func (c *Collector) fetchBatch(ctx context.Context) ([]kafka.Message, error) {
 	return batch, nil
 }
 
-// process validates, stores, dead-letters and commits one batch. It returns an error only when ctx ends first.
-func (c *Collector) process(ctx context.Context, batch []kafka.Message) error {
-	m := c.metrics
-	m.consumed.Add(float64(len(batch)))
-	if c.src.Rebalanced() {
-		c.forgetPartitions()
-	}
+// prepare validates a fetched batch.
+func (c *Collector) prepare(batch []kafka.Message) prepared {
+	p := prepared{batch: batch, events: make([]*ingest.Event, 0, len(batch))}
 	now := c.now()
-	events := make([]*ingest.Event, 0, len(batch))
-	var rejected []*ingest.Rejection
-	var rejectedPos []*ingest.StreamPos
 	for _, msg := range batch {
 		pos := &ingest.StreamPos{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset}
 		ev, rej := c.validator.Validate(msg.Value, ackTime(msg, now))
 		if rej != nil {
-			rejected = append(rejected, rej)
-			rejectedPos = append(rejectedPos, pos)
+			p.rejected = append(p.rejected, rej)
+			p.rejectedPos = append(p.rejectedPos, pos)
 			continue
 		}
 		ev.Stream = pos
-		events = append(events, ev)
+		p.events = append(p.events, ev)
+	}
+	return p
+}
+
+// process stores, dead-letters and commits one prepared batch. It returns an error only when ctx ends first.
+func (c *Collector) process(ctx context.Context, p prepared) error {
+	m := c.metrics
+	batch, events, rejected, rejectedPos := p.batch, p.events, p.rejected, p.rejectedPos
+	m.consumed.Add(float64(len(batch)))
+	if c.src.Rebalanced() {
+		c.forgetPartitions()
 	}
 
 	res, err := c.store(ctx, events, rejected)
@@ -263,8 +305,8 @@ func ackTime(msg kafka.Message, now time.Time) time.Time {
 	return msg.Time
 }
 
-// store writes the batch, retrying with backoff until the Sink succeeds or ctx ends. Nothing more is fetched
-// meanwhile.
+// store writes the batch, retrying with backoff until the Sink succeeds or ctx ends. Only the next batch is
+// fetched meanwhile (Run).
 func (c *Collector) store(ctx context.Context, events []*ingest.Event, rejected []*ingest.Rejection) (ingest.WriteResult, error) {
 	retry := c.backoff()
 	for {

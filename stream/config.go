@@ -28,6 +28,8 @@ type Config struct {
 	Retention         time.Duration // retention.ms of both topics, at least MinRetention
 	BatchSize         int           // most messages a collector stores in one Sink write
 	BatchWait         time.Duration // longest a collector holds a partial batch before storing it
+	// Security is the TLS and SASL of every connection to the brokers; the zero value is plaintext.
+	Security Security
 }
 
 // Limits of the batch settings: a batch is held in memory whole, and an unstored batch delays every event in it.
@@ -92,6 +94,7 @@ func (c Config) Validate() error {
 	if c.BatchWait < time.Millisecond || c.BatchWait > MaxBatchWait {
 		add("batch_wait", "%s must be from 1ms to %s", c.BatchWait, MaxBatchWait)
 	}
+	errs = append(errs, c.Security.validate(c.Brokers)...)
 	return errors.Join(errs...)
 }
 

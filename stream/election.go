@@ -38,6 +38,8 @@ type ElectionConfig struct {
 	// SessionTimeout bounds how long a dead leader keeps leading; default 10s.
 	SessionTimeout time.Duration
 	Logger         *slog.Logger
+	// Security is the TLS and SASL of the connections to the brokers; the zero value is plaintext.
+	Security Security
 }
 
 // NewElection joins the group in the background; Run drives it.
@@ -48,9 +50,14 @@ func NewElection(cfg ElectionConfig) (*Election, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	sec, err := cfg.Security.build(cfg.Brokers)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler election: %w", err)
+	}
 	g, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                cfg.GroupID,
 		Brokers:           cfg.Brokers,
+		Dialer:            sec.dialer(dialTimeout),
 		Topics:            []string{cfg.Topic},
 		SessionTimeout:    cfg.SessionTimeout,
 		RebalanceTimeout:  cfg.SessionTimeout,
@@ -64,9 +71,22 @@ func NewElection(cfg ElectionConfig) (*Election, error) {
 	return &Election{group: g, topic: cfg.Topic, log: cfg.Logger}, nil
 }
 
-// EnsureControlTopic creates the control topic with one partition if it does not exist.
+// EnsureControlTopic creates the control topic with one partition if it does not exist, over plaintext without
+// authentication; EnsureElectionTopic is the same with an ElectionConfig's Security.
 func EnsureControlTopic(ctx context.Context, brokers []string, topic string) error {
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	return EnsureElectionTopic(ctx, ElectionConfig{Brokers: brokers, Topic: topic})
+}
+
+// EnsureElectionTopic creates cfg.Topic, the control topic, with one partition if it does not exist, connecting
+// with cfg.Security.
+func EnsureElectionTopic(ctx context.Context, cfg ElectionConfig) error {
+	sec, err := cfg.Security.build(cfg.Brokers)
+	if err != nil {
+		return err
+	}
+	c, done := sec.client(cfg.Brokers, 10*time.Second)
+	defer done()
+	topic := cfg.Topic
 	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
 		Topic: topic, NumPartitions: 1, ReplicationFactor: -1,
 	}}})

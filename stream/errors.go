@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 
@@ -43,6 +44,11 @@ func wrap(op string, err error) error {
 
 func retryable(err error) bool {
 	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	// A broker whose certificate does not verify will not verify on the next try either: it needs an operator.
+	var cert *tls.CertificateVerificationError
+	if errors.As(err, &cert) {
 		return false
 	}
 	var we kafka.WriteErrors

@@ -77,7 +77,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"partition"}),
 		committedTime: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "meterd_collector_committed_message_timestamp_seconds",
-			Help: "Kafka timestamp (LogAppendTime) of the newest committed message of a partition: how far it is stored.",
+			Help: "Producer timestamp of the newest committed message of a partition (when the API received the event, or when a raw send produced it; kafka-go returns this, not the topic's LogAppendTime): how far the partition is stored.",
 		}, []string{"partition"}),
 		lastCommit: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meterd_collector_last_commit_timestamp_seconds",

@@ -21,13 +21,32 @@ type Positions struct {
 	brokers []string
 	topic   string
 	group   string
+	err     error // the security could not be built: every call fails with it
 }
 
-// NewPositions reads the positions of group in topic.
+// NewPositions reads the positions of group in topic, over plaintext without authentication; PositionsOf is the
+// same with a Config's Security.
 func NewPositions(brokers []string, topic, group string) *Positions {
+	return newPositions(brokers, topic, group, secured{})
+}
+
+// PositionsOf reads the positions of cfg.GroupID in cfg.Topic, connecting with cfg.Security. It reads the security
+// files now and does not contact Kafka. When they cannot be read, every call fails with that error (not
+// retryable): the config loader checked the files already, and EnsureTopics, which a serve process calls first,
+// reports the same error at start.
+func PositionsOf(cfg Config) *Positions {
+	sec, err := cfg.Security.build(cfg.Brokers)
+	if err != nil {
+		return &Positions{err: err, brokers: cfg.Brokers, topic: cfg.Topic, group: cfg.GroupID}
+	}
+	return newPositions(cfg.Brokers, cfg.Topic, cfg.GroupID, sec)
+}
+
+func newPositions(brokers []string, topic, group string, sec secured) *Positions {
+	client, _ := sec.client(brokers, 10*time.Second) // its connections live as long as the process
 	return &Positions{
-		client:  &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second},
-		dialer:  &kafka.Dialer{Timeout: 10 * time.Second},
+		client:  client,
+		dialer:  sec.dialer(10 * time.Second),
 		brokers: brokers,
 		topic:   topic,
 		group:   group,
@@ -36,6 +55,9 @@ func NewPositions(brokers []string, topic, group string) *Positions {
 
 // partitions lists the topic's partition ids.
 func (p *Positions) partitions(ctx context.Context) ([]int, error) {
+	if p.err != nil {
+		return nil, p.err // every exported method starts here
+	}
 	md, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{p.topic}})
 	if err != nil {
 		return nil, wrap("read metadata of "+p.topic, err)

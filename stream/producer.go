@@ -22,10 +22,10 @@ type messageWriter interface {
 // would add a second to every acknowledgement; a few milliseconds still groups concurrent requests.
 const writerBatchTimeout = 2 * time.Millisecond
 
-// newWriter returns the writer of both topics (each message names its topic). Every message is keyed by its dedup
-// key and placed by hash of the key, so all copies of an event go to one partition.
-func newWriter(brokers []string) *kafka.Writer {
-	return &kafka.Writer{
+// newWriter returns the writer of both topics (each message names its topic), with sec. Every message is keyed by
+// its dedup key and placed by hash of the key, so all copies of an event go to one partition.
+func newWriter(brokers []string, sec secured) messageWriter {
+	w := &kafka.Writer{
 		Addr:         kafka.TCP(brokers...),
 		Balancer:     &kafka.Hash{},
 		RequiredAcks: kafka.RequireAll, // acknowledged means on every in-sync replica (DESIGN.md §4 step 2)
@@ -36,6 +36,11 @@ func newWriter(brokers []string) *kafka.Writer {
 		// the broker's defaults, so a missing topic is an error instead.
 		AllowAutoTopicCreation: false,
 	}
+	if t := sec.transport(); t != nil {
+		w.Transport = t
+		return securedWriter{Writer: w, transport: t}
+	}
+	return w
 }
 
 // Producer is the ingest.Sink of scale-out ingest: it produces validated events to the events topic and
@@ -54,13 +59,17 @@ type Producer struct {
 
 var _ ingest.Sink = (*Producer)(nil)
 
-// NewProducer checks cfg and returns a producer to cfg.Topic and cfg.DLQTopic. It does not contact Kafka: the
-// first Write does. Close it when done.
+// NewProducer checks cfg, reads its Security files and returns a producer to cfg.Topic and cfg.DLQTopic. It does
+// not contact Kafka: the first Write does. Close it when done.
 func NewProducer(cfg Config) (*Producer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return newProducer(newWriter(cfg.Brokers), cfg.Topic, cfg.DLQTopic), nil
+	sec, err := cfg.Security.build(cfg.Brokers)
+	if err != nil {
+		return nil, err
+	}
+	return newProducer(newWriter(cfg.Brokers, sec), cfg.Topic, cfg.DLQTopic), nil
 }
 
 func newProducer(w messageWriter, topic, dlqTopic string) *Producer {

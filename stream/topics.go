@@ -36,7 +36,12 @@ func EnsureTopics(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	client := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 30 * time.Second}
+	sec, err := cfg.Security.build(cfg.Brokers)
+	if err != nil {
+		return err
+	}
+	client, done := sec.client(cfg.Brokers, 30*time.Second)
+	defer done()
 	return ensureTopics(ctx, client, cfg)
 }
 

@@ -70,6 +70,9 @@ func ParseURL(s string) (Target, error) {
 
 // OpenURL parses a kafka:// URL and returns a producer to it (see ParseURL). It does not contact Kafka; the
 // first write does. Close the producer when done.
+//
+// The producer is plaintext without authentication: a URL carries no TLS or SASL settings (and credentials in it
+// are refused). To produce to a secured cluster, use NewProducer with a Config whose Security is set.
 func OpenURL(s string) (*Producer, error) {
 	t, err := ParseURL(s)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -311,7 +312,7 @@ func TestDeployEnvVarsExist(t *testing.T) {
 func TestRunbookCommandsExist(t *testing.T) {
 	n := 0
 	for _, f := range []string{"docs/runbooks.md", "docs/metrics.md", "deploy/compose.yaml", "deploy/systemd/meterd.service",
-		"deploy/kubernetes/secret.yaml", "deploy/kubernetes/pdb.yaml", "Dockerfile"} {
+		"deploy/kubernetes/secret.yaml", "deploy/kubernetes/pdb.yaml", "deploy/kubernetes/scale-out/secret.yaml", "Dockerfile"} {
 		for _, args := range meterdCommands(shellLines(f, readRepoFile(t, f))) {
 			n++
 			checkCommandLine(t, f, args)
@@ -358,7 +359,11 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// TestComposeFile checks deploy/compose.yaml against the binary and its own files.
+// TestComposeFile checks deploy/compose.yaml, the scale-out trial, against the binary and its own files: every meterd
+// service runs serve with a real role and loads the config it mounts with the environment and secrets it gets;
+// the roles are an api, two collectors and a scheduler; the config's brokers, ClickHouse and KooGallery endpoint
+// are services of the file that listen there (Kafka in KRaft mode, one node); Prometheus scrapes every meterd
+// process.
 func TestComposeFile(t *testing.T) {
 	docs := yamlDocs(t, "deploy", "compose.yaml")
 	if len(docs) != 1 {
@@ -366,14 +371,9 @@ func TestComposeFile(t *testing.T) {
 	}
 	c := docs[0]
 	services, _ := c["services"].(map[string]any)
-	for _, name := range []string{"meterd", "kgsim", "prometheus"} {
+	for _, name := range []string{"api", "collector-1", "collector-2", "scheduler-1", "kafka", "clickhouse", "kgsim", "prometheus"} {
 		if services[name] == nil {
 			t.Fatalf("compose.yaml: service %s missing", name)
-		}
-	}
-	for _, name := range []string{"kafka", "clickhouse", "collector"} {
-		if services[name] != nil {
-			t.Errorf("compose.yaml: %s does not exist yet in this build (scale-out)", name)
 		}
 	}
 	// Every file it mounts or passes as a secret exists.
@@ -407,49 +407,144 @@ func TestComposeFile(t *testing.T) {
 		}
 		return ""
 	}
-
-	// meterd: a real command line, its config mounted where --config says, its env real, its secrets mounted.
-	m := checkCommandLine(t, "compose meterd", strs(dig(services, "meterd", "command")))
-	src := mountTarget("meterd", m["config"])
-	if src == "" {
-		t.Fatalf("compose meterd: --config %s is not mounted", m["config"])
-	}
-	env := map[string]string{}
-	for k, v := range dig(services, "meterd", "environment").(map[string]any) {
-		env[k] = fmt.Sprint(v)
-		if !knownEnv(k) {
-			t.Errorf("compose meterd: env %s is no config key", k)
+	envOf := func(svc string) map[string]string {
+		env := map[string]string{}
+		m, _ := dig(services, svc, "environment").(map[string]any)
+		for k, v := range m {
+			env[k] = fmt.Sprint(v)
 		}
+		return env
 	}
 	dir := t.TempDir()
-	secretPaths := map[string]string{}
-	for _, s := range strs(dig(services, "meterd", "secrets")) {
-		if secrets[s] == nil {
-			t.Errorf("compose meterd: secret %s not declared", s)
+
+	// The meterd processes: every service running `meterd serve`.
+	var serves []string
+	for name := range services {
+		if args := strs(dig(services, name, "command")); len(args) > 0 && args[0] == "serve" {
+			serves = append(serves, name)
+		}
+	}
+	slices.Sort(serves)
+	roleCount := map[serveRole]int{}
+	var cfg *config.Config // the api's
+	var listenPort int
+	keyFiles := map[string]string{} // service -> koogallery.key_file it gets
+	for _, name := range serves {
+		where := "compose " + name
+		m := checkCommandLine(t, where, strs(dig(services, name, "command")))
+		if m[""] != "meterd serve" || m["role"] == "" {
+			t.Errorf("%s: runs %q with --role %q: every meterd service names its role", where, m[""], m["role"])
 			continue
 		}
-		secretPaths["/run/secrets/"+s] = filepath.Join(dir, "secrets", s)
-		opsWriteFile(t, secretPaths["/run/secrets/"+s], readRepoFile(t, "deploy", fmt.Sprint(dig(secrets, s, "file"))))
-	}
-	for k, v := range env {
-		if strings.HasPrefix(v, "/run/secrets/") {
-			if secretPaths[v] == "" {
-				t.Errorf("compose meterd: %s=%s is not a secret of the service", k, v)
+		role, err := parseRole(m["role"])
+		if err != nil {
+			continue // checkCommandLine reported it
+		}
+		roleCount[role]++
+		src := mountTarget(name, m["config"])
+		if src == "" {
+			t.Errorf("%s: --config %s is not mounted", where, m["config"])
+			continue
+		}
+		env := envOf(name)
+		secretPaths := map[string]string{}
+		for _, sec := range strs(dig(services, name, "secrets")) {
+			if secrets[sec] == nil {
+				t.Errorf("%s: secret %s not declared", where, sec)
+				continue
 			}
-			env[k] = secretPaths[v]
+			secretPaths["/run/secrets/"+sec] = filepath.Join(dir, name, "secrets", sec)
+			opsWriteFile(t, secretPaths["/run/secrets/"+sec], readRepoFile(t, "deploy", fmt.Sprint(dig(secrets, sec, "file"))))
+		}
+		for k, v := range env {
+			if !knownEnv(k) {
+				t.Errorf("%s: env %s is no config key", where, k)
+			}
+			if strings.HasPrefix(v, "/run/secrets/") {
+				if secretPaths[v] == "" {
+					t.Errorf("%s: %s=%s is not a secret of the service", where, k, v)
+				}
+				env[k] = secretPaths[v]
+			}
+		}
+		got, _ := loadShippedConfig(t, readRepoFile(t, "deploy", src), strings.NewReplacer(), env)
+		if got.Store.Driver != "clickhouse" || !scaledOut(got) {
+			t.Errorf("%s: store.driver %q, kafka.brokers %v: the compose file is the scale-out deployment", where, got.Store.Driver, got.Kafka.Brokers)
+		}
+		port := portOf(t, where+" listen", got.Listen)
+		for _, p := range strs(dig(services, name, "ports")) {
+			if !strings.HasSuffix(p, ":"+strconv.Itoa(port)) {
+				t.Errorf("%s: port %s does not publish the listen port %d", where, p, port)
+			}
+		}
+		for _, dep := range []string{"kafka", "clickhouse"} {
+			if dig(services, name, "depends_on", dep, "condition") != "service_healthy" {
+				t.Errorf("%s: must wait for %s to be healthy (it creates topics and its database at start)", where, dep)
+			}
+		}
+		if dig(services, name, "stop_grace_period") == nil {
+			t.Errorf("%s: no stop_grace_period (SIGTERM waits up to %s)", where, shutdownGrace)
+		}
+		keyFiles[name] = got.KooGallery.KeyFile
+		if role == roleAPI {
+			cfg, listenPort = got, port
+			if len(strs(dig(services, name, "ports"))) == 0 {
+				t.Errorf("%s: the API publishes no port", where)
+			}
 		}
 	}
-	env["METERD_STORE_SQLITE_PATH"] = filepath.Join(dir, "data", "meterd.db")
-	if mountTarget("meterd", "/var/lib/meterd") == "" {
-		t.Error("compose meterd: no volume on /var/lib/meterd (the store)")
+	if roleCount[roleAPI] < 1 || roleCount[roleCollector] < 2 || roleCount[roleScheduler] < 1 || roleCount[roleAll] > 0 {
+		t.Fatalf("compose roles %v: want an api, two collectors, at least one scheduler, and no all (each role its process)", roleCount)
 	}
-	cfgText := readRepoFile(t, "deploy", src)
-	cfg, _ := loadShippedConfig(t, cfgText, strings.NewReplacer(), env)
-	listenPort := portOf(t, "compose meterd listen", cfg.Listen)
-	if !slices.ContainsFunc(strs(dig(services, "meterd", "ports")), func(p string) bool {
-		return strings.HasSuffix(p, ":"+strconv.Itoa(listenPort))
-	}) {
-		t.Errorf("compose meterd: ports %v do not publish the listen port %d", dig(services, "meterd", "ports"), listenPort)
+
+	// kafka: the official image, one node in KRaft mode (broker and controller), advertising the brokers meterd uses.
+	kenv := envOf("kafka")
+	if img := fmt.Sprint(dig(services, "kafka", "image")); !strings.HasPrefix(img, "apache/kafka:") {
+		t.Errorf("kafka image %s: the official apache/kafka image expected", img)
+	}
+	if kenv["KAFKA_PROCESS_ROLES"] != "broker,controller" || kenv["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "" || services["zookeeper"] != nil {
+		t.Errorf("kafka: KAFKA_PROCESS_ROLES %q, quorum voters %q: one KRaft node expected", kenv["KAFKA_PROCESS_ROLES"], kenv["KAFKA_CONTROLLER_QUORUM_VOTERS"])
+	}
+	if id, err := base64.RawURLEncoding.DecodeString(kenv["CLUSTER_ID"]); err != nil || len(id) != 16 {
+		t.Errorf("kafka CLUSTER_ID %q: a base64 UUID expected (%v)", kenv["CLUSTER_ID"], err)
+	}
+	// One broker: the internal topics and meterd's topics cannot have more replicas, or groups and topics fail.
+	if kenv["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] != "1" || cfg.Kafka.ReplicationFactor > 1 {
+		t.Errorf("kafka: offsets topic replication %q, kafka.replication_factor %d: one broker holds one replica",
+			kenv["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], cfg.Kafka.ReplicationFactor)
+	}
+	if kenv["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] != "false" {
+		t.Error("kafka: topics must not be auto-created (meterd creates them with LogAppendTime and its retention)")
+	}
+	for _, b := range cfg.Kafka.Brokers {
+		host, port, _ := net.SplitHostPort(b)
+		if (host != "kafka" && dig(services, "kafka", "hostname") != host) || !strings.Contains(kenv["KAFKA_ADVERTISED_LISTENERS"], "://"+b) ||
+			!strings.Contains(kenv["KAFKA_LISTENERS"], ":"+port) {
+			t.Errorf("kafka.brokers %s: not a listener the kafka service advertises (%s)", b, kenv["KAFKA_ADVERTISED_LISTENERS"])
+		}
+	}
+	if cfg.Kafka.Partitions < roleCount[roleCollector] {
+		t.Errorf("kafka.partitions %d < %d collectors: some would stand idle", cfg.Kafka.Partitions, roleCount[roleCollector])
+	}
+
+	// clickhouse: the official image, at the address meterd uses, with the user and password meterd has.
+	chenv := envOf("clickhouse")
+	if img := fmt.Sprint(dig(services, "clickhouse", "image")); !strings.HasPrefix(img, "clickhouse/clickhouse-server:") {
+		t.Errorf("clickhouse image %s", img)
+	}
+	if host, port, _ := net.SplitHostPort(cfg.Store.ClickHouse.Addr); host != "clickhouse" || port != "9000" {
+		t.Errorf("store.clickhouse.addr %s: want the clickhouse service's native port, clickhouse:9000", cfg.Store.ClickHouse.Addr)
+	}
+	if cfg.Store.ClickHouse.Username != chenv["CLICKHOUSE_USER"] {
+		t.Errorf("store.clickhouse.username %q, the clickhouse service creates %q", cfg.Store.ClickHouse.Username, chenv["CLICKHOUSE_USER"])
+	}
+	if b, err := os.ReadFile(cfg.Store.ClickHouse.PasswordFile); err != nil || strings.TrimSpace(string(b)) != chenv["CLICKHOUSE_PASSWORD"] {
+		t.Errorf("store.clickhouse.password_file %s (%v) is not the clickhouse service's CLICKHOUSE_PASSWORD", cfg.Store.ClickHouse.PasswordFile, err)
+	}
+	for _, name := range []string{"kafka", "clickhouse"} {
+		if dig(services, name, "healthcheck", "test") == nil {
+			t.Errorf("compose %s: no healthcheck (the meterd services wait for it)", name)
+		}
 	}
 
 	// kgsim: a real command line, listening where meterd's endpoint points, on the path KooGallery uses.
@@ -467,11 +562,16 @@ func TestComposeFile(t *testing.T) {
 	if kf := k["key-file"]; !strings.HasPrefix(kf, "/run/secrets/") || !slices.Contains(strs(dig(services, "kgsim", "secrets")), strings.TrimPrefix(kf, "/run/secrets/")) {
 		t.Errorf("compose kgsim: --key-file %s is not one of its secrets", kf)
 	}
-	if env["METERD_KOOGALLERY_KEY_FILE"] == "" || !strings.HasSuffix(env["METERD_KOOGALLERY_KEY_FILE"], filepath.Base(k["key-file"])) {
-		t.Errorf("compose: meterd and kgsim must share the key secret (%s vs %s)", env["METERD_KOOGALLERY_KEY_FILE"], k["key-file"])
+	for _, name := range serves {
+		if r := checkCommandLine(t, name, strs(dig(services, name, "command")))["role"]; r != string(roleScheduler) {
+			continue
+		}
+		if kf := keyFiles[name]; kf == "" || filepath.Base(kf) != filepath.Base(k["key-file"]) {
+			t.Errorf("compose: %s and kgsim must share the key secret (%s vs %s)", name, kf, k["key-file"])
+		}
 	}
 
-	// prometheus: its config and rules are mounted, it scrapes meterd's service on the listen port.
+	// prometheus: its config and rules are mounted, it scrapes every meterd process on the listen port.
 	var promCfgPath, rulesTarget string
 	for _, a := range strs(dig(services, "prometheus", "command")) {
 		if v, ok := strings.CutPrefix(a, "--config.file="); ok {
@@ -502,8 +602,14 @@ func TestComposeFile(t *testing.T) {
 	if p := dig(job, "metrics_path"); p != nil && p != "/metrics" {
 		t.Errorf("metrics_path %v", p)
 	}
-	if tg := strs(dig(job, "static_configs", 0, "targets")); len(tg) != 1 || tg[0] != "meterd:"+strconv.Itoa(listenPort) {
-		t.Errorf("prometheus targets %v, want meterd:%d", tg, listenPort)
+	var want []string
+	for _, name := range serves {
+		want = append(want, name+":"+strconv.Itoa(listenPort))
+	}
+	tg := strs(dig(job, "static_configs", 0, "targets"))
+	slices.Sort(tg)
+	if !slices.Equal(tg, want) {
+		t.Errorf("prometheus targets %v, want every meterd process %v", tg, want)
 	}
 	if promtool, err := exec.LookPath("promtool"); err == nil {
 		// promtool checks the whole Prometheus config with the rule file at its real place.
@@ -525,24 +631,33 @@ func mustAbs(t *testing.T, p string) string {
 	return a
 }
 
-// k8sObjects reads every manifest under deploy/kubernetes by kind/name.
-func k8sObjects(t *testing.T) map[string]map[string]any {
+// k8sObjects reads every manifest of one kustomization (deploy/kubernetes/<sub...>) by kind/name. Its
+// subdirectories are other kustomizations (scale-out): it must not list them.
+func k8sObjects(t *testing.T, sub ...string) map[string]map[string]any {
 	t.Helper()
+	dir := append([]string{"deploy", "kubernetes"}, sub...)
+	part := func(name string) []string { return append(slices.Clone(dir), name) }
 	objs := map[string]map[string]any{}
-	kust := yamlDocs(t, "deploy", "kubernetes", "kustomization.yaml")[0]
+	kust := yamlDocs(t, part("kustomization.yaml")...)[0]
 	listed := strs(kust["resources"])
-	entries, err := os.ReadDir(repoPath("deploy", "kubernetes"))
+	entries, err := os.ReadDir(repoPath(dir...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
+		if e.IsDir() {
+			if slices.Contains(listed, e.Name()) {
+				t.Errorf("%s/kustomization.yaml lists %s: another deployment of the same names", filepath.Join(dir...), e.Name())
+			}
+			continue
+		}
 		if e.Name() == "kustomization.yaml" {
 			continue
 		}
 		if !slices.Contains(listed, e.Name()) {
-			t.Errorf("kustomization.yaml does not list %s", e.Name())
+			t.Errorf("%s/kustomization.yaml does not list %s", filepath.Join(dir...), e.Name())
 		}
-		for _, d := range yamlDocs(t, "deploy", "kubernetes", e.Name()) {
+		for _, d := range yamlDocs(t, part(e.Name())...) {
 			if d["apiVersion"] == nil || d["kind"] == nil || dig(d, "metadata", "name") == nil {
 				t.Errorf("%s: a document without apiVersion, kind or metadata.name", e.Name())
 				continue
@@ -551,11 +666,186 @@ func k8sObjects(t *testing.T) map[string]map[string]any {
 		}
 	}
 	for _, l := range listed {
-		if _, err := os.Stat(repoPath("deploy", "kubernetes", l)); err != nil {
-			t.Errorf("kustomization.yaml: %v", err)
+		if _, err := os.Stat(repoPath(part(l)...)); err != nil {
+			t.Errorf("%s/kustomization.yaml: %v", filepath.Join(dir...), err)
 		}
 	}
 	return objs
+}
+
+// matches tells whether a label selector (matchLabels or a Service's selector) selects pods with these labels.
+func matches(selector, labels any) bool {
+	sel, _ := selector.(map[string]any)
+	lab, _ := labels.(map[string]any)
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if lab[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestKubernetesScaleOutManifests checks deploy/kubernetes/scale-out: an api, a collector and a scheduler
+// Deployment running serve with their role, two collectors and two schedulers (the election makes one act), each
+// selected by its own PodDisruptionBudget and by nothing else, the API Service selecting only the API; probes on
+// /healthz and /readyz on the listen port, resources, a shutdown longer than serve's; and the ConfigMap's config
+// loading with the Secret's files where it reads them, on ClickHouse and Kafka.
+func TestKubernetesScaleOutManifests(t *testing.T) {
+	objs := k8sObjects(t, "scale-out")
+	roles := map[string]serveRole{"Deployment/meterd-api": roleAPI, "Deployment/meterd-collector": roleCollector,
+		"Deployment/meterd-scheduler": roleScheduler}
+	for _, want := range []string{"Deployment/meterd-api", "Deployment/meterd-collector", "Deployment/meterd-scheduler",
+		"Service/meterd", "ConfigMap/meterd-scale-out-config", "Secret/meterd-secrets", "PodDisruptionBudget/meterd-api",
+		"PodDisruptionBudget/meterd-collector", "PodDisruptionBudget/meterd-scheduler"} {
+		if objs[want] == nil {
+			t.Fatalf("deploy/kubernetes/scale-out: %s missing", want)
+		}
+	}
+	for name, o := range objs {
+		if o["kind"] == "StatefulSet" || o["kind"] == "PersistentVolumeClaim" {
+			t.Errorf("%s: the scale-out roles keep no local state (ClickHouse and Kafka do)", name)
+		}
+	}
+	wantReplicas := map[serveRole]int{roleAPI: 2, roleCollector: 2, roleScheduler: 2}
+	podLabels := map[string]any{}
+	var cfg *config.Config
+	for name, role := range roles {
+		d := objs[name]
+		labels := dig(d, "spec", "template", "metadata", "labels")
+		podLabels[name] = labels
+		if !matches(dig(d, "spec", "selector", "matchLabels"), labels) {
+			t.Errorf("%s: its selector does not match its pods", name)
+		}
+		if r, _ := dig(d, "spec", "replicas").(int); r < wantReplicas[role] {
+			t.Errorf("%s: replicas %d, want %d", name, r, wantReplicas[role])
+		}
+		if dig(d, "spec", "strategy", "rollingUpdate", "maxUnavailable") != 0 {
+			t.Errorf("%s: a rollout must start a new pod before stopping an old one (maxUnavailable 0)", name)
+		}
+		grace, _ := dig(d, "spec", "template", "spec", "terminationGracePeriodSeconds").(int)
+		if time.Duration(grace)*time.Second <= shutdownGrace {
+			t.Errorf("%s: terminationGracePeriodSeconds %d must exceed serve's shutdown grace %s", name, grace, shutdownGrace)
+		}
+		c := dig(d, "spec", "template", "spec", "containers", 0)
+		args := checkCommandLine(t, name+" args", strs(dig(c, "args")))
+		if args[""] != "meterd serve" || args["role"] != string(role) {
+			t.Errorf("%s: runs %q --role %q, want serve --role %s", name, args[""], args["role"], role)
+		}
+		for _, r := range []string{"cpu", "memory"} {
+			if dig(c, "resources", "requests", r) == nil {
+				t.Errorf("%s: the container requests no %s", name, r)
+			}
+		}
+		if dig(c, "resources", "limits", "memory") == nil {
+			t.Errorf("%s: no memory limit (GOMEMLIMIT follows it)", name)
+		}
+		for _, e := range dig(c, "env").([]any) {
+			if n := fmt.Sprint(dig(e, "name")); strings.HasPrefix(n, "METERD_") && !knownEnv(n) {
+				t.Errorf("%s: env %s is no config key", name, n)
+			}
+		}
+
+		// The config: the mounted ConfigMap key at --config, the Secret's keys where the config reads them.
+		volumes := map[string]any{}
+		for _, v := range dig(d, "spec", "template", "spec", "volumes").([]any) {
+			volumes[fmt.Sprint(dig(v, "name"))] = v
+		}
+		dir := t.TempDir()
+		var pairs []string
+		var cfgText string
+		for _, m := range dig(c, "volumeMounts").([]any) {
+			v, path := volumes[fmt.Sprint(dig(m, "name"))], fmt.Sprint(dig(m, "mountPath"))
+			switch {
+			case v == nil:
+				t.Errorf("%s: volumeMount %v has no volume", name, m)
+			case dig(v, "configMap") != nil && path == filepath.Dir(args["config"]):
+				cfgText, _ = dig(objs["ConfigMap/"+fmt.Sprint(dig(v, "configMap", "name"))], "data", filepath.Base(args["config"])).(string)
+			case dig(v, "secret") != nil:
+				secret := objs["Secret/"+fmt.Sprint(dig(v, "secret", "secretName"))]
+				if secret == nil {
+					t.Fatalf("%s: mounted Secret %v missing", name, dig(v, "secret", "secretName"))
+				}
+				local := filepath.Join(dir, "secrets")
+				for k, val := range dig(secret, "stringData").(map[string]any) {
+					opsWriteFile(t, filepath.Join(local, k), fmt.Sprint(val))
+				}
+				pairs = append(pairs, path, local)
+			}
+		}
+		if cfgText == "" {
+			t.Fatalf("%s: --config %s is not a key of a mounted ConfigMap", name, args["config"])
+		}
+		got, _ := loadShippedConfig(t, cfgText, strings.NewReplacer(pairs...), nil)
+		for what, p := range map[string]string{"koogallery.key_file": got.KooGallery.KeyFile, "ingest.tokens_file": got.Ingest.TokensFile,
+			"store.clickhouse.password_file": got.Store.ClickHouse.PasswordFile} {
+			if _, err := os.Stat(p); err != nil {
+				t.Errorf("%s: %s: not in a mounted Secret: %v", name, what, err)
+			}
+		}
+		if got.Store.Driver != "clickhouse" || !scaledOut(got) {
+			t.Errorf("%s: store.driver %q, kafka.brokers %v: the scale-out deployment runs on ClickHouse and Kafka", name, got.Store.Driver, got.Kafka.Brokers)
+		}
+		cfg = got
+
+		// Ports agree: listen, containerPort, the probes, the scrape annotation; probes on /healthz and /readyz.
+		listenPort := portOf(t, name+" listen", got.Listen)
+		portName := ""
+		for _, p := range dig(c, "ports").([]any) {
+			if dig(p, "containerPort") == listenPort {
+				portName = fmt.Sprint(dig(p, "name"))
+			}
+		}
+		if portName == "" {
+			t.Fatalf("%s: no containerPort is the listen port %d", name, listenPort)
+		}
+		for probe, path := range map[string]string{"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+			if dig(c, probe, "httpGet", "port") != portName || dig(c, probe, "httpGet", "path") != path {
+				t.Errorf("%s: %s %v, want GET %s on port %s", name, probe, dig(c, probe, "httpGet"), path, portName)
+			}
+		}
+		ann := dig(d, "spec", "template", "metadata", "annotations").(map[string]any)
+		if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(listenPort) || ann["prometheus.io/path"] != "/metrics" {
+			t.Errorf("%s: scrape annotations %v (every process must be scraped: the collector and scheduler alerts)", name, ann)
+		}
+	}
+	if cfg.Kafka.Partitions < wantReplicas[roleCollector] {
+		t.Errorf("kafka.partitions %d: fewer than the collectors, some would stand idle", cfg.Kafka.Partitions)
+	}
+	if cfg.Kafka.ReplicationFactor == 1 {
+		t.Error("kafka.replication_factor 1: a broker lost loses acknowledged events; 0 (the broker default) or 3")
+	}
+
+	// Each role's pods are selected by its own budget and, for the API, the Service; never by another role's.
+	selectors := map[string]any{"Service/meterd": dig(objs["Service/meterd"], "spec", "selector")}
+	for name, o := range objs {
+		if o["kind"] == "PodDisruptionBudget" {
+			selectors[name] = dig(o, "spec", "selector", "matchLabels")
+			if dig(o, "spec", "minAvailable") != 1 {
+				t.Errorf("%s: minAvailable %v, want 1 (of 2: one eviction at a time)", name, dig(o, "spec", "minAvailable"))
+			}
+		}
+	}
+	for sel, selector := range selectors {
+		var selected []string
+		for name := range roles {
+			if matches(selector, podLabels[name]) {
+				selected = append(selected, name)
+			}
+		}
+		want := "Deployment/meterd-" + strings.TrimPrefix(strings.TrimPrefix(sel, "PodDisruptionBudget/meterd-"), "Service/")
+		if sel == "Service/meterd" {
+			want = "Deployment/meterd-api"
+		}
+		if len(selected) != 1 || selected[0] != want {
+			t.Errorf("%s selects %v, want only %s", sel, selected, want)
+		}
+	}
+	if tp := dig(objs["Service/meterd"], "spec", "ports", 0, "targetPort"); tp != "http" {
+		t.Errorf("Service/meterd targetPort %v is not the container's port", tp)
+	}
 }
 
 // TestKubernetesManifests checks the manifests against each other and the binary, then serves the ConfigMap's

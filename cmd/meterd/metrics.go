@@ -32,7 +32,7 @@ import (
 func registerProcessMetrics(reg prometheus.Registerer, cfg *config.Config, role serveRole) {
 	roleInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "meterd_role_info",
-		Help: "1 for the role this process runs (serve --role): api, scheduler or all; 0 for the others.",
+		Help: "1 for the role this process runs (serve --role): api, collector, scheduler or all; 0 for the others.",
 	}, []string{"role"})
 	for _, r := range roles {
 		v := 0.0

@@ -54,9 +54,14 @@ func newMigrateCmd() *cobra.Command {
 	return cmd
 }
 
-// clickHouseConfig turns the config section into the store's config, reading the password file.
+// clickHouseConfig turns the config section into the store's config, reading the password file and the TLS files.
 func clickHouseConfig(c config.ClickHouseStore) (clickhouse.Config, error) {
 	out := clickhouse.Config{Addr: c.Addr, Database: c.Database, Username: c.Username}
+	tlsConfig, err := c.TLS.Load("store.clickhouse.tls")
+	if err != nil {
+		return out, err
+	}
+	out.TLS = tlsConfig
 	if c.PasswordFile != "" {
 		b, err := os.ReadFile(c.PasswordFile)
 		if err != nil {

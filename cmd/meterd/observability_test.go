@@ -12,13 +12,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/meterd/meterd/store/sqlite"
+	"github.com/meterd/meterd/stream"
 )
 
 // liveMetrics runs serve (role all, a KooGallery endpoint configured so that the client's metrics exist) and
-// returns its address and the meterd_* metric families it exports, with their types.
+// returns its address and the meterd_* metric families it exports, with their types, together with the
+// collector families a scale-out collector exports (collectorMetrics).
 func liveMetrics(t *testing.T) (string, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -38,8 +41,76 @@ store: {sqlite: {path: %s}}
 	if len(types) < 30 {
 		t.Fatalf("only %d meterd metrics exported", len(types))
 	}
+	for name, typ := range collectorMetrics(t) {
+		if types[name] != "" {
+			t.Fatalf("%s is exported by the embedded serve and by the collectors", name)
+		}
+		types[name] = typ
+	}
 	return addr, types
 }
+
+// collectorMetrics returns the metric families a collector registers (stream.NewMetrics, as startScaleOut calls it)
+// with their types. The embedded serve of liveMetrics has no Kafka, so they are read from the registration: a
+// vector without label values yet (the per-partition gauges before the first commit) is registered but not
+// gathered. A gather of the same metrics, a partition's lag touched, must agree with it.
+func collectorMetrics(t *testing.T) map[string]string {
+	t.Helper()
+	var captured captureRegisterer
+	stream.NewMetrics(&captured)
+	types := map[string]string{}
+	fqName := regexp.MustCompile(`fqName: "([a-z0-9_]+)"`)
+	for _, c := range captured {
+		var typ string
+		switch c.(type) { // Gauge before Counter: a gauge has Inc and Add too
+		case prometheus.Gauge, *prometheus.GaugeVec:
+			typ = "gauge"
+		case prometheus.Counter, *prometheus.CounterVec:
+			typ = "counter"
+		case prometheus.Histogram, *prometheus.HistogramVec:
+			typ = "histogram"
+		default:
+			t.Fatalf("collector metric %T: unknown kind", c)
+		}
+		descs := make(chan *prometheus.Desc, 16)
+		c.Describe(descs)
+		close(descs)
+		for d := range descs {
+			m := fqName.FindStringSubmatch(d.String())
+			if m == nil || !strings.HasPrefix(m[1], "meterd_collector_") {
+				t.Fatalf("collector metric %s: not meterd_collector_*", d)
+			}
+			types[m[1]] = typ
+		}
+	}
+	reg := prometheus.NewRegistry()
+	stream.NewMetrics(reg).LagGauge(0).Set(1)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if typ := strings.ToLower(mf.GetType().String()); types[mf.GetName()] != typ {
+			t.Errorf("collector metric %s: gathered as %s, registered as %q", mf.GetName(), typ, types[mf.GetName()])
+		}
+	}
+	if len(types) < 10 || len(mfs) < len(types)-1 {
+		t.Fatalf("collector metrics: %d registered, %d gathered", len(types), len(mfs))
+	}
+	return types
+}
+
+// captureRegisterer keeps what is registered with it.
+type captureRegisterer []prometheus.Collector
+
+func (r *captureRegisterer) Register(c prometheus.Collector) error {
+	*r = append(*r, c)
+	return nil
+}
+
+func (r *captureRegisterer) MustRegister(cs ...prometheus.Collector) { *r = append(*r, cs...) }
+
+func (r *captureRegisterer) Unregister(prometheus.Collector) bool { return false }
 
 var metricRef = regexp.MustCompile(`\b(meterd_[a-z0-9_]+|up|ALERTS)\b`)
 
@@ -150,7 +221,8 @@ func TestObservabilityArtifacts(t *testing.T) {
 			"MeterdPushErrorRate", "MeterdClockSkew", "MeterdCloseStalled", "MeterdIngestConflicts", "MeterdIngestRejectsRising",
 			"MeterdUnmatchedUsage", "MeterdSDRsRejected", "MeterdSDRCollision", "MeterdSDRsHeld", "MeterdFrozenSDRsNearExpiry",
 			"MeterdPushDisabled", "MeterdPushPaused", "MeterdNoScheduler", "MeterdDiskNearlyFull", "MeterdDown",
-			"MeterdInvariantBroken"} {
+			"MeterdInvariantBroken", "MeterdCollectorLagGrowing", "MeterdCollectorStalled", "MeterdCollectorStoreFailing",
+			"MeterdDeadLettersRising", "MeterdNoCollector"} {
 			if !alerts[want] {
 				t.Errorf("alert %s missing", want)
 			}
@@ -268,7 +340,9 @@ func TestObservabilityArtifacts(t *testing.T) {
 			}
 		}
 		for _, must := range []string{"meterd_push_sdrs_past_deadline", "meterd_push_sdrs", "meterd_push_attempts_total",
-			"meterd_ingest_events_total", "meterd_aggregate_hours_closed_total", "meterd_store_disk_free_bytes"} {
+			"meterd_ingest_events_total", "meterd_aggregate_hours_closed_total", "meterd_store_disk_free_bytes",
+			"meterd_collector_lag_messages", "meterd_collector_events_total", "meterd_collector_insert_duration_seconds_bucket",
+			"meterd_collector_dead_letters_total"} {
 			if !used[must] {
 				t.Errorf("the dashboard shows no %s", must)
 			}

@@ -21,16 +21,22 @@ import (
 // scaledOut tells whether the config runs ingest through Kafka.
 func scaledOut(cfg *config.Config) bool { return len(cfg.Kafka.Brokers) > 0 }
 
-// streamConfig maps the config file's kafka section to the stream package's.
+// streamConfig maps the config file's kafka section to the stream package's. Security holds paths: the stream
+// package reads the files when it builds a client, so this mapping cannot fail.
 func streamConfig(k config.Kafka) stream.Config {
 	return stream.Config{Brokers: k.Brokers, Topic: k.Topic, DLQTopic: k.DLQTopic, GroupID: k.GroupID,
 		Partitions: k.Partitions, ReplicationFactor: k.ReplicationFactor, Retention: k.Retention.Duration,
-		BatchSize: k.BatchSize, BatchWait: k.BatchWait.Duration}
+		BatchSize: k.BatchSize, BatchWait: k.BatchWait.Duration,
+		Security: stream.Security{
+			TLS: stream.TLS{Enabled: k.TLS.Enabled, CAFile: k.TLS.CAFile, CertFile: k.TLS.CertFile, KeyFile: k.TLS.KeyFile,
+				ServerName: k.TLS.ServerName},
+			SASL: stream.SASL{Mechanism: k.SASL.Mechanism, Username: k.SASL.Username, PasswordFile: k.SASL.PasswordFile},
+		}}
 }
 
 // positions reads where the collectors stand in the events topic: the close's snapshot and watermark.
 func positions(cfg *config.Config) *stream.Positions {
-	return stream.NewPositions(cfg.Kafka.Brokers, cfg.Kafka.Topic, cfg.Kafka.GroupID)
+	return stream.PositionsOf(streamConfig(cfg.Kafka))
 }
 
 // watermarkFor is the close's watermark: the embedded and direct ClickHouse stores store before they acknowledge
@@ -78,11 +84,12 @@ func startScaleOut(ctx context.Context, cfg *config.Config, role serveRole, sink
 		s.run(ctx, "collector", c.Run, c.Close)
 	}
 	if role.schedules() {
-		if err := stream.EnsureControlTopic(setup, cfg.Kafka.Brokers, cfg.Kafka.ControlTopic); err != nil {
+		if err := stream.EnsureElectionTopic(setup, stream.ElectionConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.ControlTopic,
+			Security: s.cfg.Security}); err != nil {
 			return nil, nil, errors.Join(fmt.Errorf("kafka control topic: %w", err), s.stop())
 		}
 		e, err := stream.NewElection(stream.ElectionConfig{Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.ControlTopic,
-			GroupID: cfg.Kafka.SchedulerGroupID, Logger: log})
+			GroupID: cfg.Kafka.SchedulerGroupID, Security: s.cfg.Security, Logger: log})
 		if err != nil {
 			return nil, nil, errors.Join(err, s.stop())
 		}

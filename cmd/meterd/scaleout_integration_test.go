@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -370,4 +371,108 @@ kafka: {brokers: [%q], topic: ev-%s, dlq_topic: dlq-%s, group_id: col-%s, contro
 	if err := colCmd.Wait(); err != nil {
 		t.Errorf("collector: %v\n%s", err, colLogs)
 	}
+}
+
+// TestScaleOutSurvivesKafkaRestart: the broker stops in the middle of the stream. The API answers 503 (retry)
+// instead of acknowledging what it could not make durable, clients resend, and once the broker is back every
+// acknowledged event is stored exactly once.
+func TestScaleOutSurvivesKafkaRestart(t *testing.T) {
+	chAddr, broker := services.ClickHouse(t), services.Kafka(t)
+	db := services.Database(t, chAddr)
+	suffix := services.Name(t, "")
+	dir := t.TempDir()
+	cfgPath := writeFile(t, dir, "meterd.yaml", fmt.Sprintf(`meters:
+  - {key: tokens, event_type: llm_request, aggregation: SUM, value_property: $.tokens}
+store: {driver: clickhouse, clickhouse: {addr: %q, database: %s}}
+kafka: {brokers: [%q], topic: ev-%s, dlq_topic: dlq-%s, group_id: col-%s, control_topic: ctl-%s, scheduler_group_id: sch-%s,
+  partitions: 3, batch_size: 200, batch_wait: 50ms}
+`, chAddr, db, broker, suffix, suffix, suffix, suffix, suffix))
+	env := []string{"METERD_LISTEN=127.0.0.1:0"}
+	apiCmd, apiBase, apiLogs := startProc(t, env, "serve", "--config", cfgPath, "--role", "api")
+	cleanupKill(t, apiCmd)
+	colCmd, _, colLogs := startProc(t, env, "serve", "--config", cfgPath, "--role", "collector")
+	cleanupKill(t, colCmd)
+	t.Cleanup(func() { localService(t, "kafka", "up") })
+
+	client := &ingest.Client{URL: apiBase + "/v1/events"}
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Hour)
+	acked := 0
+	// post sends n new events once; it returns false when the API refused the batch (503: nothing acknowledged).
+	post := func(from, n int) bool {
+		var body strings.Builder
+		for i := from; i < from+n; i++ {
+			fmt.Fprintf(&body, `{"specversion":"1.0","id":"k-%d","source":"kafka-restart","type":"llm_request","subject":"s%d","time":%q,"data":{"tokens":2}}`+"\n",
+				i, i%5, at.Add(time.Duration(i%3000)*time.Second).Format(time.RFC3339))
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
+		resp, err := (&ingest.Client{URL: client.URL, HTTP: &http.Client{Timeout: 20 * time.Second}}).PostNDJSON(ctx, []byte(body.String()))
+		if err != nil {
+			return false
+		}
+		if resp.Accepted != n {
+			t.Fatalf("partial acknowledgement %+v", resp)
+		}
+		return true
+	}
+	for range 4 {
+		if !post(acked, 250) {
+			t.Fatalf("ingest failed with Kafka up\n%s", apiLogs)
+		}
+		acked += 250
+	}
+	localService(t, "kafka", "down")
+	refused := 0
+	for range 3 {
+		if post(acked, 250) {
+			acked += 250 // acknowledged means durable: count it
+		} else {
+			refused++
+		}
+	}
+	if refused == 0 {
+		t.Errorf("the API acknowledged every batch with the broker down")
+	}
+	localService(t, "kafka", "up")
+	// Clients resend what was refused; the API recovers without a restart.
+	deadline := time.Now().Add(60 * time.Second)
+	for sent := 0; sent < 4; {
+		if post(acked, 250) {
+			acked += 250
+			sent++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API did not recover after the broker came back\n%s", apiLogs)
+		}
+		time.Sleep(time.Second)
+	}
+	conn, err := ch.Open(&ch.Options{Addr: []string{chAddr}, Auth: ch.Auth{Database: db}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		var n uint64
+		var sum decimal.Decimal
+		err := conn.QueryRow(t.Context(), "SELECT uniqExact(source, id) FROM events").Scan(&n)
+		if err == nil && n == uint64(acked) {
+			if err := conn.QueryRow(t.Context(), "SELECT sum(v) FROM (SELECT argMin(value, seq) AS v FROM event_values GROUP BY source, id)").Scan(&sum); err != nil {
+				t.Fatal(err)
+			}
+			if !sum.Equal(decimal.NewFromInt(int64(2 * acked))) {
+				t.Errorf("stored tokens %s, want %d", sum, 2*acked)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored %d (%v), want %d acknowledged\ncollector:\n%s", n, err, acked, colLogs)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	_ = apiCmd.Process.Signal(syscall.SIGTERM)
+	_ = colCmd.Process.Signal(syscall.SIGTERM)
+	_ = apiCmd.Wait()
+	_ = colCmd.Wait()
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -33,7 +34,7 @@ const shutdownGrace = 30 * time.Second
 
 func newServeCmd() *cobra.Command {
 	var configPath, logLevel, roleName string
-	var validate bool
+	var validate, profile bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the ingest API, /metrics and the embedded store",
@@ -68,11 +69,12 @@ also that the push lease is held here or by another live scheduler.`,
 			if err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, log, role)
+			return serve(cmd.Context(), cfg, log, role, profile)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "config file (YAML); defaults apply when omitted")
 	cmd.Flags().BoolVar(&validate, "validate", false, "check the config and exit: 0 when valid, 2 listing every problem")
+	cmd.Flags().BoolVar(&profile, "pprof", false, "serve Go's profiles under /debug/pprof/ (behind the ingest tokens, like /v1): for benchmarks and incidents")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().StringVar(&roleName, "role", string(roleAll), "api (ingest and /v1 API), collector (Kafka to ClickHouse), scheduler (close and push) or all")
 	return cmd
@@ -81,7 +83,7 @@ also that the push lease is held here or by another live scheduler.`,
 // serve runs until ctx is cancelled (SIGTERM/SIGINT), then shuts down without losing an acknowledged event: the
 // HTTP server stops accepting, waits for in-flight requests (each waits for its commit), then the store closes.
 // role selects the parts that run (serveRole).
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serveRole) error {
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serveRole, profile bool) error {
 	var tokens ingest.Tokens
 	if cfg.Ingest.TokensFile != "" {
 		var err error
@@ -201,6 +203,14 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, role serve
 		mux.Handle("/v1/", tokens.Wrap(api))
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if profile {
+		// Profiles show code paths and timings, never data; they still sit behind the tokens like the API.
+		prof := http.NewServeMux()
+		prof.HandleFunc("/debug/pprof/", pprof.Index)
+		prof.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", tokens.Wrap(prof))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

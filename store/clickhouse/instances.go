@@ -129,7 +129,6 @@ updated_ms, ver FROM (`+instancesLatest+`)`+where+` ORDER BY subject, meter, sta
 	var out []instance.Instance
 	var versions []int64
 	index := map[string]int{}
-	var ids []any
 	for rows.Next() {
 		var in instance.Instance
 		var status string
@@ -146,7 +145,6 @@ updated_ms, ver FROM (`+instancesLatest+`)`+where+` ORDER BY subject, meter, sta
 		index[in.ID] = len(out)
 		out = append(out, in)
 		versions = append(versions, version)
-		ids = append(ids, in.ID)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("read instances: %w", err)
@@ -154,8 +152,10 @@ updated_ms, ver FROM (`+instancesLatest+`)`+where+` ORDER BY subject, meter, sta
 	if len(out) == 0 {
 		return nil, nil, nil
 	}
-	changes, err := s.conn.Query(ctx, `SELECT instance_id, at_ms, kind, recorded_ms FROM instance_changes WHERE instance_id IN (?`+
-		strings.Repeat(", ?", len(ids)-1)+`) ORDER BY seq`, ids...)
+	// The same selection as a subquery, not a list of ids: with 100,000 instances a list would exceed
+	// max_query_size.
+	changes, err := s.conn.Query(ctx, `SELECT instance_id, at_ms, kind, recorded_ms FROM instance_changes WHERE instance_id IN
+(SELECT instance_id FROM (`+instancesLatest+`)`+where+`) ORDER BY seq`, args...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read instance changes: %w", err)
 	}

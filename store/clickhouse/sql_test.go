@@ -6,43 +6,54 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/aggregate"
-	"github.com/meterd/meterd/ingest"
 )
 
-// The exact SQL of the hourly totals: first copy per key (argMin by seq) before the sequence filter, Decimal sums.
+// The exact SQL of the hourly totals: keys seen once are taken as they are, keys seen more than once go through
+// the first-copy argMin; both paths are unioned before one Decimal aggregation.
 func TestTotalsSQL(t *testing.T) {
 	from := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
 	q, args, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum, Meters: []string{"tokens", "calls"}, From: from,
-		To: from.Add(time.Hour), Subject: "tenant-42"}, "first_seq > ? AND first_seq <= ?", []any{int64(10), int64(20)})
+		To: from.Add(time.Hour), Subject: "tenant-42"},
+		seqFilter{"seq > ? AND seq <= ?", []any{int64(10), int64(20)}},
+		seqFilter{"first_seq > ? AND first_seq <= ?", []any{int64(10), int64(20)}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	const where = "meter IN (?, ?) AND time_ms >= ? AND time_ms < ? AND subject = ?"
+	const repeated = "SELECT cityHash64(meter, source, id) AS kh FROM event_values WHERE " + where + " GROUP BY kh HAVING count() > 1"
 	want := "SELECT meter, subj, intDiv(tms, 3600000) AS h, count() AS n, sum(v) AS total FROM (" +
-		"SELECT meter, source, id, min(seq) AS first_seq, argMin(subject, seq) AS subj, argMin(time_ms, seq) AS tms, " +
-		"argMin(value, seq) AS v, argMin(key, seq) AS k FROM event_values WHERE meter IN (?, ?) AND time_ms >= ? AND time_ms < ? " +
-		"AND subject = ? GROUP BY meter, source, id) WHERE first_seq > ? AND first_seq <= ? GROUP BY meter, subj, h ORDER BY meter, subj, h"
+		"SELECT meter, subject AS subj, time_ms AS tms, value AS v, key AS k FROM event_values WHERE " + where +
+		" AND cityHash64(meter, source, id) NOT IN (" + repeated + ") AND seq > ? AND seq <= ? " +
+		"UNION ALL " +
+		"SELECT meter, subj, tms, v, k FROM (SELECT meter, source, id, min(seq) AS first_seq, argMin(subject, seq) AS subj, " +
+		"argMin(time_ms, seq) AS tms, argMin(value, seq) AS v, argMin(key, seq) AS k FROM event_values WHERE " + where +
+		" AND cityHash64(meter, source, id) IN (" + repeated + ") GROUP BY meter, source, id) WHERE first_seq > ? AND first_seq <= ?" +
+		") GROUP BY meter, subj, h ORDER BY meter, subj, h"
 	if q != want {
 		t.Errorf("sql\n got %s\nwant %s", q, want)
 	}
-	if len(args) != 7 || args[0] != "tokens" || args[2] != from.UnixMilli() || args[4] != "tenant-42" || args[6] != int64(20) {
+	// 5 filter arguments per use of where (4 uses) and 2 per window.
+	if len(args) != 24 || args[0] != "tokens" || args[2] != from.UnixMilli() || args[4] != "tenant-42" || args[10] != int64(10) ||
+		args[11] != int64(20) || args[23] != int64(20) {
 		t.Errorf("args %v", args)
 	}
 	for kind, agg := range map[aggregate.Kind]string{aggregate.KindMax: "max(v)", aggregate.KindDistinct: "uniqExact(k)"} {
-		q, _, err := totalsSQL(aggregate.TotalsQuery{Kind: kind, Meters: []string{"m"}}, "1", nil)
+		q, _, err := totalsSQL(aggregate.TotalsQuery{Kind: kind, Meters: []string{"m"}}, seqFilter{sql: "1"}, seqFilter{sql: "1"})
 		if err != nil || !strings.Contains(q, agg+" AS total") {
 			t.Errorf("%s: %v %s", kind, err, q)
 		}
 	}
-	if _, _, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum}, "1", nil); err == nil {
+	if _, _, err := totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindSum}, seqFilter{sql: "1"}, seqFilter{sql: "1"}); err == nil {
 		t.Error("no meters accepted")
 	}
 }
 
+// The pre-check reads the narrow hash column for every key of a batch, and raw only for conflicting keys; both
+// keep the first stored copy (argMin by seq) and take the keys from the batch_keys external table.
 func TestStoredCopiesSQL(t *testing.T) {
-	q, args := storedCopiesSQL([]*ingest.Event{{Source: "a", ID: "1"}, {Source: "b", ID: "2"}})
-	want := "SELECT source, id, argMin(hash, seq), argMin(raw, seq) FROM events WHERE (source, id) IN ((?, ?), (?, ?)) GROUP BY source, id"
-	if q != want || len(args) != 4 || args[3] != "2" {
-		t.Errorf("got %s %v", q, args)
+	const where = " FROM events WHERE (source, id) IN (SELECT source, id FROM batch_keys) GROUP BY source, id"
+	if storedHashesSQL != "SELECT source, id, argMin(hash, seq)"+where || storedRawSQL != "SELECT source, id, argMin(raw, seq)"+where {
+		t.Errorf("pre-check SQL:\n%s\n%s", storedHashesSQL, storedRawSQL)
 	}
 }
 

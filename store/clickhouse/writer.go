@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/ext"
 	"github.com/shopspring/decimal"
 
 	"github.com/meterd/meterd/ingest"
@@ -14,9 +15,6 @@ import (
 
 // ErrClosed is returned by Write after Close.
 var ErrClosed = errors.New("clickhouse store closed")
-
-// preCheckChunk bounds the keys of one pre-check query (the IN list is sent inline).
-const preCheckChunk = 2000
 
 type storedCopy struct {
 	hash string
@@ -157,48 +155,81 @@ func (s *Store) Write(ctx context.Context, events []*ingest.Event, rejected []*i
 
 func key(source, id string) string { return source + "\x00" + id }
 
-// storedCopies returns the first stored copy (by seq) of each key of events that is stored already.
+// storedCopies returns the first stored copy (by seq) of each key of events that is stored already: its hash, and
+// its raw event when it conflicts with a copy in events (only then is raw needed, to dead-letter beside it).
+//
+// The keys travel as an external table, not an inline IN list: one query per batch whatever its size, within
+// max_query_size. The first query reads only the narrow key and hash columns; raw, by far the widest, is read
+// for conflicting keys alone. Each query reads the (source, id) index of every part, so its cost grows with the
+// table and is paid once per batch: collectors write large batches.
 func (s *Store) storedCopies(ctx context.Context, events []*ingest.Event) (map[string]storedCopy, error) {
 	out := map[string]storedCopy{}
-	for start := 0; start < len(events); start += preCheckChunk {
-		chunk := events[start:min(start+preCheckChunk, len(events))]
-		query, args := storedCopiesSQL(chunk)
-		rows, err := s.conn.Query(ctx, query, args...)
-		if err != nil {
-			return nil, fmt.Errorf("look up stored copies: %w", err)
+	if len(events) == 0 {
+		return out, nil
+	}
+	err := s.queryKeys(ctx, storedHashesSQL, events, func(source, id, hash string) {
+		out[key(source, id)] = storedCopy{hash: hash}
+	})
+	if err != nil {
+		return nil, err
+	}
+	var conflicting []*ingest.Event
+	asked := map[string]bool{}
+	for _, ev := range events {
+		k := key(ev.Source, ev.ID)
+		if c, ok := out[k]; ok && c.hash != string(ev.Hash[:]) && !asked[k] {
+			conflicting = append(conflicting, ev)
+			asked[k] = true
 		}
-		for rows.Next() {
-			var source, id, hash, raw string
-			if err := rows.Scan(&source, &id, &hash, &raw); err != nil {
-				_ = rows.Close()
-				return nil, fmt.Errorf("read stored copy: %w", err)
-			}
-			out[key(source, id)] = storedCopy{hash: hash, raw: raw}
-		}
-		if err := rows.Close(); err != nil {
-			return nil, fmt.Errorf("look up stored copies: %w", err)
-		}
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("look up stored copies: %w", err)
-		}
+	}
+	if len(conflicting) == 0 {
+		return out, nil
+	}
+	err = s.queryKeys(ctx, storedRawSQL, conflicting, func(source, id, raw string) {
+		c := out[key(source, id)]
+		c.raw = raw
+		out[key(source, id)] = c
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
-// storedCopiesSQL builds the pre-check of a chunk of events: the first stored copy of each of their keys.
-func storedCopiesSQL(events []*ingest.Event) (string, []any) {
-	var b strings.Builder
-	b.WriteString("SELECT source, id, argMin(hash, seq), argMin(raw, seq) FROM events WHERE (source, id) IN (")
-	args := make([]any, 0, 2*len(events))
-	for i, ev := range events {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(?, ?)")
-		args = append(args, ev.Source, ev.ID)
+// The pre-check's queries: the first stored copy's hash, then its raw event, of each key in batch_keys.
+const (
+	storedHashesSQL = "SELECT source, id, argMin(hash, seq) FROM events WHERE (source, id) IN (SELECT source, id FROM batch_keys) GROUP BY source, id"
+	storedRawSQL    = "SELECT source, id, argMin(raw, seq) FROM events WHERE (source, id) IN (SELECT source, id FROM batch_keys) GROUP BY source, id"
+)
+
+// queryKeys runs query with the keys of events as the external table batch_keys (source, id) and calls row for
+// each (source, id, value) row of the result.
+func (s *Store) queryKeys(ctx context.Context, query string, events []*ingest.Event, row func(source, id, v string)) error {
+	keys, err := ext.NewTable("batch_keys", ext.Column("source", "String"), ext.Column("id", "String"))
+	if err != nil {
+		return fmt.Errorf("look up stored copies: %w", err)
 	}
-	b.WriteString(") GROUP BY source, id")
-	return b.String(), args
+	for _, ev := range events {
+		if err := keys.Append(ev.Source, ev.ID); err != nil {
+			return fmt.Errorf("look up stored copies: %w", err)
+		}
+	}
+	rows, err := s.conn.Query(ch.Context(ctx, ch.WithExternalTable(keys)), query)
+	if err != nil {
+		return fmt.Errorf("look up stored copies: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	for rows.Next() {
+		var source, id, v string
+		if err := rows.Scan(&source, &id, &v); err != nil {
+			return fmt.Errorf("read stored copy: %w", err)
+		}
+		row(source, id, v)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("look up stored copies: %w", err)
+	}
+	return nil
 }
 
 var maxInteger = decimal.New(1, 28)

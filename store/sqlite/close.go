@@ -212,18 +212,29 @@ func (s *Store) CommitClose(ctx context.Context, c *aggregate.ClosedHour) (err e
 	if exists > 0 {
 		return ErrAlreadyClosed
 	}
-	for _, r := range c.Rows {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_hours (instance_id, hour_ms, meter, aggregation, sku, begin_ms, end_ms,
+	// Prepared once per close: an hour of 100,000 instances is 200,000 executions, and parsing the SQL each time
+	// was a third of the close (bench/close.sh profile).
+	insertRow, err := tx.PrepareContext(ctx, `INSERT INTO usage_hours (instance_id, hour_ms, meter, aggregation, sku, begin_ms, end_ms,
 events, quantity, late_events, late_quantity, unit_scale, carry_in, usage_value, carry_out)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("prepare usage rows: %w", err)
+	}
+	defer insertRow.Close()
+	upsertCarry, err := tx.PrepareContext(ctx, `INSERT INTO instance_carry (instance_id, hour_ms, carry_out, release_written_off)
+VALUES (?, ?, ?, 0) ON CONFLICT (instance_id) DO UPDATE SET hour_ms = excluded.hour_ms, carry_out = excluded.carry_out`)
+	if err != nil {
+		return fmt.Errorf("prepare carries: %w", err)
+	}
+	defer upsertCarry.Close()
+	for _, r := range c.Rows {
+		if _, err := insertRow.ExecContext(ctx,
 			r.InstanceID, r.Hour.UnixMilli(), r.Meter, r.Aggregation, r.SKU, r.Begin.UnixMilli(), r.End.UnixMilli(),
 			r.Events, r.Quantity.String(), r.LateEvents, r.LateQuantity.String(), r.UnitScale.String(), r.CarryIn.String(),
 			r.UsageValue.String(), r.CarryOut.String()); err != nil {
 			return fmt.Errorf("insert usage row (%s, %s): %w", r.InstanceID, r.Hour.Format(time.RFC3339), err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO instance_carry (instance_id, hour_ms, carry_out, release_written_off)
-VALUES (?, ?, ?, 0) ON CONFLICT (instance_id) DO UPDATE SET hour_ms = excluded.hour_ms, carry_out = excluded.carry_out`,
-			r.InstanceID, r.Hour.UnixMilli(), r.CarryOut.String()); err != nil {
+		if _, err := upsertCarry.ExecContext(ctx, r.InstanceID, r.Hour.UnixMilli(), r.CarryOut.String()); err != nil {
 			return fmt.Errorf("update carry of %s: %w", r.InstanceID, err)
 		}
 	}
