@@ -1,65 +1,16 @@
 package config
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meterd/meterd/internal/tlstest"
 )
-
-// testCerts writes a CA, a client certificate it issued with its key, and a second key that matches nothing, as
-// PEM files in a temporary directory.
-type testCerts struct{ ca, cert, key, otherKey string }
-
-func newTestCerts(t *testing.T) testCerts {
-	t.Helper()
-	dir := t.TempDir()
-	newKey := func() (*ecdsa.PrivateKey, []byte) {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	}
-	certPEM := func(tmpl, parent *x509.Certificate, pub, signer any) []byte {
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	}
-	caKey, _ := newKey()
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	clientKey, clientKeyPEM := newKey()
-	client := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "meterd"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: ca.NotBefore, NotAfter: ca.NotAfter}
-	_, otherKeyPEM := newKey()
-	c := testCerts{ca: filepath.Join(dir, "ca.pem"), cert: filepath.Join(dir, "client.pem"), key: filepath.Join(dir, "client-key.pem"),
-		otherKey: filepath.Join(dir, "other-key.pem")}
-	for path, data := range map[string][]byte{c.ca: certPEM(ca, ca, &caKey.PublicKey, caKey),
-		c.cert: certPEM(client, ca, &clientKey.PublicKey, caKey), c.key: clientKeyPEM, c.otherKey: otherKeyPEM} {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return c
-}
 
 // TestSecureConnectionFiles is the table of the good and bad files for kafka.tls, kafka.sasl and
 // store.clickhouse.tls.
@@ -113,7 +64,7 @@ func TestSecureConnectionFiles(t *testing.T) {
 // TestSecureConnectionRules sets the keys from the environment (as METERD_<PATH>) and checks every rule with its
 // key path.
 func TestSecureConnectionRules(t *testing.T) {
-	certs := newTestCerts(t)
+	certs := tlstest.NewPKI(t, "kafka.internal") // its server key is a key that does not match the client certificate
 	dir := t.TempDir()
 	password := filepath.Join(dir, "password")
 	emptyPassword := filepath.Join(dir, "empty")
@@ -140,12 +91,12 @@ func TestSecureConnectionRules(t *testing.T) {
 		check   func(t *testing.T, c *Config)
 	}{
 		{name: "mutual TLS to both, SCRAM", env: with(map[string]string{
-			"METERD_KAFKA_TLS_ENABLED": "true", "METERD_KAFKA_TLS_CA_FILE": certs.ca, "METERD_KAFKA_TLS_CERT_FILE": certs.cert,
-			"METERD_KAFKA_TLS_KEY_FILE": certs.key, "METERD_KAFKA_TLS_SERVER_NAME": "kafka.internal",
+			"METERD_KAFKA_TLS_ENABLED": "true", "METERD_KAFKA_TLS_CA_FILE": certs.CAFile, "METERD_KAFKA_TLS_CERT_FILE": certs.ClientCertFile,
+			"METERD_KAFKA_TLS_KEY_FILE": certs.ClientKeyFile, "METERD_KAFKA_TLS_SERVER_NAME": "kafka.internal",
 			"METERD_KAFKA_SASL_MECHANISM": "scram-sha-256", "METERD_KAFKA_SASL_USERNAME": "meterd",
 			"METERD_KAFKA_SASL_PASSWORD_FILE":     password,
-			"METERD_STORE_CLICKHOUSE_TLS_ENABLED": "true", "METERD_STORE_CLICKHOUSE_TLS_CA_FILE": certs.ca,
-			"METERD_STORE_CLICKHOUSE_TLS_CERT_FILE": certs.cert, "METERD_STORE_CLICKHOUSE_TLS_KEY_FILE": certs.key,
+			"METERD_STORE_CLICKHOUSE_TLS_ENABLED": "true", "METERD_STORE_CLICKHOUSE_TLS_CA_FILE": certs.CAFile,
+			"METERD_STORE_CLICKHOUSE_TLS_CERT_FILE": certs.ClientCertFile, "METERD_STORE_CLICKHOUSE_TLS_KEY_FILE": certs.ClientKeyFile,
 			"METERD_STORE_CLICKHOUSE_TLS_SERVER_NAME": "10.0.0.5"}),
 			check: func(t *testing.T, c *Config) {
 				for path, s := range map[string]ClientTLS{"kafka.tls": c.Kafka.TLS, "store.clickhouse.tls": c.Store.ClickHouse.TLS} {
@@ -168,16 +119,16 @@ func TestSecureConnectionRules(t *testing.T) {
 			"METERD_KAFKA_SASL_MECHANISM": "plain", "METERD_KAFKA_SASL_USERNAME": "meterd", "METERD_KAFKA_SASL_PASSWORD_FILE": password}),
 			wantErr: []string{"kafka.sasl.mechanism: plain sends the password in clear text, and broker kafka.internal:9093 is not on loopback"}},
 		{name: "client key does not match", env: with(map[string]string{"METERD_KAFKA_TLS_ENABLED": "true",
-			"METERD_KAFKA_TLS_CERT_FILE": certs.cert, "METERD_KAFKA_TLS_KEY_FILE": certs.otherKey}),
+			"METERD_KAFKA_TLS_CERT_FILE": certs.ClientCertFile, "METERD_KAFKA_TLS_KEY_FILE": certs.ServerKeyFile}),
 			wantErr: []string{"kafka.tls.cert_file: tls: private key does not match public key"}},
 		{name: "certificate without key", env: with(map[string]string{"METERD_STORE_CLICKHOUSE_TLS_ENABLED": "true",
-			"METERD_STORE_CLICKHOUSE_TLS_CERT_FILE": certs.cert}),
+			"METERD_STORE_CLICKHOUSE_TLS_CERT_FILE": certs.ClientCertFile}),
 			wantErr: []string{"store.clickhouse.tls.key_file: required with store.clickhouse.tls.cert_file"}},
 		{name: "CA missing", env: with(map[string]string{"METERD_STORE_CLICKHOUSE_TLS_ENABLED": "true",
 			"METERD_STORE_CLICKHOUSE_TLS_CA_FILE": filepath.Join(dir, "nope.pem")}),
 			wantErr: []string{"store.clickhouse.tls.ca_file: open " + filepath.Join(dir, "nope.pem") + ": no such file or directory"}},
-		{name: "CA is a key", env: with(map[string]string{"METERD_KAFKA_TLS_ENABLED": "true", "METERD_KAFKA_TLS_CA_FILE": certs.key}),
-			wantErr: []string{"kafka.tls.ca_file: " + certs.key + " holds no PEM certificate"}},
+		{name: "CA is a key", env: with(map[string]string{"METERD_KAFKA_TLS_ENABLED": "true", "METERD_KAFKA_TLS_CA_FILE": certs.ClientKeyFile}),
+			wantErr: []string{"kafka.tls.ca_file: " + certs.ClientKeyFile + " holds no PEM certificate"}},
 		{name: "server name with a scheme", env: with(map[string]string{"METERD_KAFKA_TLS_ENABLED": "true",
 			"METERD_KAFKA_TLS_SERVER_NAME": "tls://kafka.internal"}),
 			wantErr: []string{`kafka.tls.server_name: "tls://kafka.internal" must be a host name`}},

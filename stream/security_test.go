@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meterd/meterd/internal/tlstest"
 )
 
 // testPassword is distinctive, so that finding it anywhere is a leak.
@@ -129,7 +131,7 @@ func TestSecurityValidate(t *testing.T) {
 // TestSecurityFiles: problems with the files are found when a client is built, each with its key path and file,
 // never with the content.
 func TestSecurityFiles(t *testing.T) {
-	p := newTestPKI(t)
+	p := tlstest.NewPKI(t, "broker.test")
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "not.pem")
 	writeTestFile(t, notPEM, []byte(testPassword))
@@ -144,7 +146,7 @@ func TestSecurityFiles(t *testing.T) {
 			wantErr: []string{"kafka.tls.ca_file: open " + missing + ": no such file or directory"}},
 		{name: "CA not PEM", sec: Security{TLS: TLS{Enabled: true, CAFile: notPEM}},
 			wantErr: []string{"kafka.tls.ca_file: " + notPEM + " holds no PEM certificate"}},
-		{name: "client pair mismatched", sec: Security{TLS: TLS{Enabled: true, CertFile: p.clientCert, KeyFile: notPEM}},
+		{name: "client pair mismatched", sec: Security{TLS: TLS{Enabled: true, CertFile: p.ClientCertFile, KeyFile: notPEM}},
 			wantErr: []string{"kafka.tls.cert_file: tls: failed to find any PEM data in key input"}},
 		{name: "password file missing", sec: Security{TLS: TLS{Enabled: true},
 			SASL: SASL{Mechanism: MechanismSCRAMSHA256, Username: "u", PasswordFile: missing}},

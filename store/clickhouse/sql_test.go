@@ -69,7 +69,8 @@ func TestDecimalValue(t *testing.T) {
 	}
 }
 
-// Every embedded migration splits into statements, each idempotent (re-running a migration is harmless).
+// Every embedded migration splits into statements, each harmless to run again (a crash between applying and
+// recording a migration runs it again).
 func TestMigrations(t *testing.T) {
 	all, err := migrations()
 	if err != nil {
@@ -80,7 +81,9 @@ func TestMigrations(t *testing.T) {
 	}
 	for _, m := range all {
 		for _, s := range m.statements {
-			if !strings.HasPrefix(s, "CREATE TABLE IF NOT EXISTS ") {
+			// The backfill of the pre-check index may run twice: a repeated key hash changes no lookup.
+			backfill := strings.HasPrefix(s, "INSERT INTO event_keys (kh) SELECT ")
+			if !strings.HasPrefix(s, "CREATE TABLE IF NOT EXISTS ") && !backfill {
 				t.Errorf("%04d_%s: statement is not idempotent: %.60s", m.Version, m.Name, s)
 			}
 			for _, banned := range []string{"DateTime64", "LowCardinality", " TTL ", "CODEC(", "JSONExtract"} {

@@ -8,6 +8,7 @@ import (
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/ext"
+	"github.com/go-faster/city"
 	"github.com/shopspring/decimal"
 
 	"github.com/meterd/meterd/ingest"
@@ -23,9 +24,9 @@ type storedCopy struct {
 
 // Write stores a batch (ingest.Sink). The writer mutex makes seq assignment and the inserts one step: keys already
 // stored are found first (duplicates and conflicts), new events get the next seqs, and their meter values are
-// inserted before the event rows, so a retried batch after a failure between the two inserts is recognised only
-// once its event rows exist; any copy that does slip in twice is removed at read time (argMin by seq). The inserts
-// return after ClickHouse has written the parts.
+// inserted before the event rows and those before the key index (event_keys), so a retried batch after a failure
+// between the inserts is recognised only once all its rows exist; any copy that does slip in twice is removed at
+// read time (argMin by seq). The inserts return after ClickHouse has written the parts.
 func (s *Store) Write(ctx context.Context, events []*ingest.Event, rejected []*ingest.Rejection) (ingest.WriteResult, error) {
 	res := ingest.WriteResult{Outcomes: make([]ingest.Outcome, len(events)), Existing: make([]json.RawMessage, len(events))}
 	if len(events) == 0 && len(rejected) == 0 {
@@ -131,6 +132,20 @@ func (s *Store) Write(ctx context.Context, events []*ingest.Event, rejected []*i
 		if err := eb.Send(); err != nil {
 			return ingest.WriteResult{}, fmt.Errorf("insert events (rows=%d): %w", len(fresh), err)
 		}
+		// The pre-check's index, last: a key is found by the pre-check only once all its rows are stored.
+		kb, err := s.conn.PrepareBatch(ctx, "INSERT INTO event_keys (kh)")
+		if err != nil {
+			return ingest.WriteResult{}, fmt.Errorf("prepare event keys insert: %w", err)
+		}
+		for _, i := range fresh {
+			if err := kb.Append(keyHash(events[i].Source, events[i].ID)); err != nil {
+				_ = kb.Abort()
+				return ingest.WriteResult{}, fmt.Errorf("append event key: %w", err)
+			}
+		}
+		if err := kb.Send(); err != nil {
+			return ingest.WriteResult{}, fmt.Errorf("insert event keys (rows=%d): %w", len(fresh), err)
+		}
 	}
 	if len(dead) > 0 {
 		db, err := s.conn.PrepareBatch(ctx, "INSERT INTO dead_letters (n, source, id, code, reason, event, existing, received_ms)")
@@ -158,16 +173,20 @@ func key(source, id string) string { return source + "\x00" + id }
 // storedCopies returns the first stored copy (by seq) of each key of events that is stored already: its hash, and
 // its raw event when it conflicts with a copy in events (only then is raw needed, to dead-letter beside it).
 //
-// The keys travel as an external table, not an inline IN list: one query per batch whatever its size, within
-// max_query_size. The first query reads only the narrow key and hash columns; raw, by far the widest, is read
-// for conflicting keys alone. Each query reads the (source, id) index of every part, so its cost grows with the
-// table and is paid once per batch: collectors write large batches.
+// First the narrow key index (candidates) narrows the batch to the keys that may be stored, nearly always a
+// few; only those are read from events, their hash, then raw (by far the widest column) for conflicting keys
+// alone. Keys travel as external tables, not inline IN lists: one query per step whatever the batch size, within
+// max_query_size.
 func (s *Store) storedCopies(ctx context.Context, events []*ingest.Event) (map[string]storedCopy, error) {
 	out := map[string]storedCopy{}
 	if len(events) == 0 {
 		return out, nil
 	}
-	err := s.queryKeys(ctx, storedHashesSQL, events, func(source, id, hash string) {
+	events, err := s.candidates(ctx, events)
+	if err != nil || len(events) == 0 {
+		return out, err
+	}
+	err = s.queryKeys(ctx, storedHashesSQL, events, func(source, id, hash string) {
 		out[key(source, id)] = storedCopy{hash: hash}
 	})
 	if err != nil {
@@ -192,6 +211,52 @@ func (s *Store) storedCopies(ctx context.Context, events []*ingest.Event) (map[s
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// keyHash is the pre-check index's key of an event key: ClickHouse's cityHash64(concat(source, '\0', id)).
+func keyHash(source, id string) uint64 { return city.CH64([]byte(source + "\x00" + id)) }
+
+// candidatesSQL finds which key hashes of a batch (the external table batch_kh) the index holds.
+const candidatesSQL = "SELECT DISTINCT kh FROM event_keys WHERE kh IN (SELECT kh FROM batch_kh)"
+
+// candidates returns the events whose key hash is in the pre-check index: the only ones that may be stored. The
+// index read is narrow and bounded by the batch (0007_event_keys.sql), so new keys, nearly all of a batch, cost
+// no read of events.
+func (s *Store) candidates(ctx context.Context, events []*ingest.Event) ([]*ingest.Event, error) {
+	table, err := ext.NewTable("batch_kh", ext.Column("kh", "UInt64"))
+	if err != nil {
+		return nil, fmt.Errorf("look up stored keys: %w", err)
+	}
+	hashes := make([]uint64, len(events))
+	for i, ev := range events {
+		hashes[i] = keyHash(ev.Source, ev.ID)
+		if err := table.Append(hashes[i]); err != nil {
+			return nil, fmt.Errorf("look up stored keys: %w", err)
+		}
+	}
+	rows, err := s.conn.Query(ch.Context(ctx, ch.WithExternalTable(table)), candidatesSQL)
+	if err != nil {
+		return nil, fmt.Errorf("look up stored keys: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	found := map[uint64]bool{}
+	for rows.Next() {
+		var kh uint64
+		if err := rows.Scan(&kh); err != nil {
+			return nil, fmt.Errorf("read stored key: %w", err)
+		}
+		found[kh] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("look up stored keys: %w", err)
+	}
+	var out []*ingest.Event
+	for i, ev := range events {
+		if found[hashes[i]] {
+			out = append(out, ev)
+		}
 	}
 	return out, nil
 }
