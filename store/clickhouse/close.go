@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 
@@ -115,6 +116,11 @@ func (s *Store) Totals(ctx context.Context, q aggregate.TotalsQuery) ([]aggregat
 	query, args, err := totalsSQL(q, seq, firstSeq)
 	if err != nil {
 		return nil, err
+	}
+	if s.spillBytes > 0 {
+		// The repeated-key count groups every key hash of the hour: at 30M events that alone nears the server's
+		// per-query memory, so it spills to disk past half of it instead of failing the close.
+		ctx = ch.Context(ctx, ch.WithSettings(ch.Settings{"max_bytes_before_external_group_by": int(s.spillBytes)}))
 	}
 	rows, err := s.conn.Query(ctx, query, args...)
 	if err != nil {

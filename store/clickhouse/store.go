@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"sync"
 	"time"
 
@@ -108,6 +109,8 @@ type Store struct {
 	imu sync.Mutex // instance applies, close commits and ledger writes: read-decide-write as one step in this process
 
 	snaps snapshots // stream-fed stores only
+
+	spillBytes uint64 // max_bytes_before_external_group_by of the hour totals: half the server's max_memory_usage
 }
 
 // Open connects, creates the database if needed, applies pending migrations and loads the sequence counters.
@@ -145,6 +148,9 @@ func Open(ctx context.Context, cfg Config, opts Options) (*Store, error) {
 		if err := s.loadCounters(ctx); err != nil {
 			return nil, errors.Join(err, conn.Close())
 		}
+		if err := s.loadMemoryLimit(ctx); err != nil {
+			return nil, errors.Join(err, conn.Close())
+		}
 		if err := s.loadSnapshots(ctx); err != nil {
 			return nil, errors.Join(err, conn.Close())
 		}
@@ -179,6 +185,21 @@ func (s *Store) loadCounters(ctx context.Context) error {
 	if err := s.conn.QueryRow(ctx, `SELECT max(n) FROM dead_letters`).Scan(&s.dead); err != nil {
 		return fmt.Errorf("read last dead letter: %w", err)
 	}
+	return nil
+}
+
+// loadMemoryLimit reads the per-query memory limit of this connection's user (0: unlimited) and derives the
+// hour totals' spill threshold from it.
+func (s *Store) loadMemoryLimit(ctx context.Context) error {
+	var v string
+	if err := s.conn.QueryRow(ctx, `SELECT value FROM system.settings WHERE name = 'max_memory_usage'`).Scan(&v); err != nil {
+		return fmt.Errorf("read max_memory_usage: %w", err)
+	}
+	limit, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("read max_memory_usage %q: %w", v, err)
+	}
+	s.spillBytes = limit / 2
 	return nil
 }
 
