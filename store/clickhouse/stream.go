@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"sync"
 
@@ -37,7 +38,7 @@ func streamSeq(p *ingest.StreamPos) (int64, error) {
 // snapshots keeps the stream snapshots this process has read or taken: they never change once written.
 type snapshots struct {
 	mu      sync.Mutex
-	last    int64             // newest snapshot number in the store
+	last    int64             // newest snapshot number this process knows
 	vectors map[int64][]int64 // snapshot -> next offset per partition (index = partition)
 }
 
@@ -113,7 +114,10 @@ func (s *Store) takeSnapshot(ctx context.Context) (int64, error) {
 			}
 		}
 	}
-	n := s.snaps.last + 1
+	// Every process with the store open may take snapshots (the scheduler's closes, the API's previews of open
+	// hours), so a number must be unique across processes, not just the next after this process's last: the
+	// time in microseconds with three random digits, and above this process's last.
+	n := max(s.snaps.last+1, s.opts.Now().UnixMicro()*1000+rand.Int64N(1000))
 	now := s.opts.Now().UnixMilli()
 	err = s.insert(ctx, `INSERT INTO stream_snapshots (snapshot, partition, next_offset, taken_ms)`, len(v), func(b driver.Batch, i int) error {
 		return b.Append(n, int32(i), v[i], now)
