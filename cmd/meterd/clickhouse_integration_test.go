@@ -101,26 +101,7 @@ instances:
 			t.Errorf("record %+v, want usage %s", r, w)
 		}
 	}
-	billed, err := kgsim.FetchBilled(t.Context(), http.DefaultClient, simURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	for _, b := range billed {
-		k := b.InstanceID + " " + b.BeginTime.Format(time.RFC3339)
-		seen[k]++
-		if !b.UsageValue.Equal(want[k]) {
-			t.Errorf("billed %s usage %s, want %s", k, b.UsageValue, want[k])
-		}
-	}
-	if len(seen) != len(want) {
-		t.Errorf("billed %d instance-hours, want %d", len(seen), len(want))
-	}
-	for k, c := range seen {
-		if c != 1 {
-			t.Errorf("%s billed %d times", k, c)
-		}
-	}
+	checkBilledExactly(t, simURL, want)
 	_ = srv.Process.Signal(syscall.SIGTERM)
 	if err := srv.Wait(); err != nil {
 		t.Fatalf("serve: %v\n%s", err, logs)
@@ -161,5 +142,31 @@ instances:
 	}
 	if strings.Contains(logs.String(), key) || strings.Contains(simLogs.String(), key) || strings.Contains(res.stdout, key) {
 		t.Error("the KooGallery key leaked into a log or the report")
+	}
+}
+
+// checkBilledExactly reads what the simulator at simURL billed and checks it against want ("instance hour" -> usage,
+// the hour in RFC 3339): every instance-hour billed exactly once, with its usage, and nothing else.
+func checkBilledExactly(t *testing.T, simURL string, want map[string]decimal.Decimal) {
+	t.Helper()
+	billed, err := kgsim.FetchBilled(t.Context(), http.DefaultClient, simURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, b := range billed {
+		k := b.InstanceID + " " + b.BeginTime.Format(time.RFC3339)
+		seen[k]++
+		if w, ok := want[k]; !ok || !b.UsageValue.Equal(w) {
+			t.Errorf("billed %s usage %s, want %s", k, b.UsageValue, w)
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("billed %d instance-hours, want %d", len(seen), len(want))
+	}
+	for k, c := range seen {
+		if c != 1 {
+			t.Errorf("%s billed %d times", k, c)
+		}
 	}
 }

@@ -182,26 +182,7 @@ instances:
 	if len(billedAtKill) >= len(want) {
 		t.Errorf("the leader was killed after the push had finished (%d billed): the takeover was not exercised", len(billedAtKill))
 	}
-	billed, err := kgsim.FetchBilled(t.Context(), http.DefaultClient, simURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	for _, b := range billed {
-		k := b.InstanceID + " " + b.BeginTime.Format(time.RFC3339)
-		seen[k]++
-		if !b.UsageValue.Equal(want[k]) {
-			t.Errorf("billed %s usage %s, want %s", k, b.UsageValue, want[k])
-		}
-	}
-	if len(seen) != len(want) {
-		t.Errorf("billed %d instance-hours, want %d", len(seen), len(want))
-	}
-	for k, c := range seen {
-		if c != 1 {
-			t.Errorf("%s billed %d times", k, c)
-		}
-	}
+	checkBilledExactly(t, simURL, want)
 	for _, p := range append(append([]*proc{api}, collectors...), schedulers...) {
 		if p.cmd.ProcessState == nil {
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
