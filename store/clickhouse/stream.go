@@ -66,7 +66,10 @@ func (s *Store) vector(ctx context.Context, n int64) ([]int64, error) {
 			return nil, fmt.Errorf("read stream snapshot %d: %w", n, err)
 		}
 		for len(v) <= int(p) {
-			v = append(v, 0)
+			v = append(v, -1)
+		}
+		if v[p] != -1 {
+			return nil, fmt.Errorf("stream snapshot %d has two rows for partition %d: it was taken twice", n, p)
 		}
 		v[p] = off
 		found = true
@@ -76,6 +79,9 @@ func (s *Store) vector(ctx context.Context, n int64) ([]int64, error) {
 	}
 	if !found {
 		return nil, fmt.Errorf("stream snapshot %d does not exist", n)
+	}
+	for p := range v {
+		v[p] = max(v[p], 0) // a partition missing from a snapshot is at offset 0 there
 	}
 	s.snaps.vectors[n] = v
 	return v, nil
@@ -116,8 +122,13 @@ func (s *Store) takeSnapshot(ctx context.Context) (int64, error) {
 	}
 	// Every process with the store open may take snapshots (the scheduler's closes, the API's previews of open
 	// hours), so a number must be unique across processes, not just the next after this process's last: the
-	// time in microseconds with three random digits, and above this process's last.
-	n := max(s.snaps.last+1, s.opts.Now().UnixMicro()*1000+rand.Int64N(1000))
+	// time in microseconds with three random digits, and above the newest number in the store, so that a new
+	// leader whose clock is behind the old one's still numbers above the previous close's snapshot.
+	var newest int64
+	if err := s.conn.QueryRow(ctx, `SELECT max(snapshot) FROM stream_snapshots`).Scan(&newest); err != nil {
+		return 0, fmt.Errorf("read newest stream snapshot: %w", err)
+	}
+	n := max(s.snaps.last+1, newest+1, s.opts.Now().UnixMicro()*1000+rand.Int64N(1000))
 	now := s.opts.Now().UnixMilli()
 	err = s.insert(ctx, `INSERT INTO stream_snapshots (snapshot, partition, next_offset, taken_ms)`, len(v), func(b driver.Batch, i int) error {
 		return b.Append(n, int32(i), v[i], now)
