@@ -20,7 +20,7 @@ set -euo pipefail
 
 EVENTS=${EVENTS:-2000000}
 PARTITIONS=${PARTITIONS:-4}
-BATCH=${BATCH:-10000}
+BATCH=${BATCH:-50000}   # kafka.batch_size; kafka.batch_bytes keeps its default (16MiB)
 DUP_RATE=${DUP_RATE:-0.01}
 TIMEOUT=${TIMEOUT:-1800}
 KEEP=${KEEP:-0}

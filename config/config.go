@@ -196,10 +196,11 @@ type Kafka struct {
 	// Retention is both topics' retention.ms: at least 21 days, so that every event of the dedup horizon stays
 	// readable for a collector back from an outage or a store rebuilt from Kafka.
 	Retention Duration `yaml:"retention"`
-	// BatchSize and BatchWait bound one store write of a collector: at most batch_size messages, a partial batch
-	// held at most batch_wait.
-	BatchSize int      `yaml:"batch_size"`
-	BatchWait Duration `yaml:"batch_wait"`
+	// BatchSize, BatchBytes and BatchWait bound one store write of a collector: at most batch_size messages and
+	// batch_bytes of message values (whichever comes first), a partial batch held at most batch_wait.
+	BatchSize  int      `yaml:"batch_size"`
+	BatchBytes ByteSize `yaml:"batch_bytes"`
+	BatchWait  Duration `yaml:"batch_wait"`
 	// ControlTopic (one partition) and SchedulerGroupID elect the one active scheduler: the member of that group
 	// assigned the partition leads.
 	ControlTopic     string `yaml:"control_topic"`
@@ -325,6 +326,12 @@ func (k Kafka) validate(path string) []error {
 		add("batch_size", "%d must be from 1 to 1000000", k.BatchSize)
 	}
 	switch {
+	case k.BatchBytes.bad != "":
+		add("batch_bytes", "%s", k.BatchBytes.bad)
+	case k.BatchBytes.Bytes < 64<<10 || k.BatchBytes.Bytes > 256<<20:
+		add("batch_bytes", "%d must be from 64KiB to 256MiB", k.BatchBytes.Bytes)
+	}
+	switch {
 	case k.BatchWait.bad != "":
 		add("batch_wait", "%s", k.BatchWait.bad)
 	case k.BatchWait.Duration < time.Millisecond || k.BatchWait.Duration > time.Minute:
@@ -401,7 +408,7 @@ func Default() Config {
 		Store: Store{Driver: "sqlite", SQLite: SQLiteStore{Path: "./meterd-data/meterd.db"},
 			ClickHouse: ClickHouseStore{Addr: "127.0.0.1:9000", Database: "meterd"}},
 		Kafka: Kafka{Topic: "usage-events", GroupID: "meterd-collectors", DLQTopic: "usage-events-dlq", Partitions: 6,
-			Retention: Duration{Duration: 30 * 24 * time.Hour}, BatchSize: 10000, BatchWait: Duration{Duration: time.Second},
+			Retention: Duration{Duration: 30 * 24 * time.Hour}, BatchSize: 50000, BatchBytes: ByteSize{Bytes: 16 << 20}, BatchWait: Duration{Duration: time.Second},
 			ControlTopic: "meterd-control", SchedulerGroupID: "meterd-schedulers"},
 		Pricing: Pricing{DisplayPlaces: 2},
 		Reconcile: Reconcile{

@@ -12,7 +12,7 @@ import (
 func TestKafkaDefaults(t *testing.T) {
 	k := Default().Kafka
 	if k.Partitions != 6 || k.ReplicationFactor != 0 || k.Retention.Duration != 30*24*time.Hour ||
-		k.BatchSize != 10000 || k.BatchWait.Duration != time.Second {
+		k.BatchSize != 50000 || k.BatchBytes.Bytes != 16<<20 || k.BatchWait.Duration != time.Second {
 		t.Errorf("kafka defaults = %+v", k)
 	}
 	if errs := k.validate("kafka"); len(errs) != 0 {
@@ -34,6 +34,7 @@ func TestKafkaBad(t *testing.T) {
 		"kafka.replication_factor: -1 must be from 0 (the broker's default) to 32",
 		"kafka.retention: 72h0m0s must be at least 21 days (504h)",
 		"kafka.batch_size: 0 must be from 1 to 1000000",
+		"kafka.batch_bytes: 32768 must be from 64KiB to 256MiB",
 		`kafka.batch_wait: "soon" is not a duration`,
 		"kafka.control_topic: required",
 		"kafka.scheduler_group_id: required",

@@ -50,19 +50,20 @@ type CollectorOptions struct {
 // fetched beyond the next batch, so memory stays bounded by two batches (plus the reader's prefetch queue) and
 // the lag grows visibly in Kafka instead of in this process.
 type Collector struct {
-	src       source
-	dlq       messageWriter
-	dlqTopic  string
-	validator *ingest.Validator
-	sink      ingest.Sink
-	metrics   *Metrics
-	log       *slog.Logger
-	now       func() time.Time
-	sleep     func(ctx context.Context, d time.Duration) error
-	batchSize int
-	batchWait time.Duration
-	retryMin  time.Duration
-	retryMax  time.Duration
+	src        source
+	dlq        messageWriter
+	dlqTopic   string
+	validator  *ingest.Validator
+	sink       ingest.Sink
+	metrics    *Metrics
+	log        *slog.Logger
+	now        func() time.Time
+	sleep      func(ctx context.Context, d time.Duration) error
+	batchSize  int
+	batchBytes int
+	batchWait  time.Duration
+	retryMin   time.Duration
+	retryMax   time.Duration
 	// partitions this collector has reported metrics for, forgotten at a rebalance and at the end of Run.
 	partitions map[int]bool
 }
@@ -112,7 +113,7 @@ func checkOptions(opts CollectorOptions) error {
 func newCollector(src source, dlq messageWriter, cfg Config, opts CollectorOptions) *Collector {
 	c := &Collector{src: src, dlq: dlq, dlqTopic: cfg.DLQTopic, validator: opts.Validator, sink: opts.Sink,
 		metrics: opts.Metrics, log: opts.Logger, now: opts.Now, sleep: opts.Sleep, batchSize: cfg.BatchSize,
-		batchWait: cfg.BatchWait, retryMin: opts.RetryInitial, retryMax: opts.RetryMax, partitions: map[int]bool{}}
+		batchBytes: cfg.BatchBytes, batchWait: cfg.BatchWait, retryMin: opts.RetryInitial, retryMax: opts.RetryMax, partitions: map[int]bool{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -131,9 +132,12 @@ func newCollector(src source, dlq messageWriter, cfg Config, opts CollectorOptio
 	return c
 }
 
-// prepared is a fetched and validated batch, ready to store.
+// prepared is a fetched and validated batch, ready to store. It keeps only what storing and committing need: the
+// fetched messages themselves are dropped after validation (each event holds its own copy of the raw bytes), so a
+// batch waiting for the store holds about half the memory.
 type prepared struct {
-	batch       []kafka.Message
+	n           int             // messages fetched
+	last        []kafka.Message // per partition, the highest message, without key, value or headers: what commit needs
 	events      []*ingest.Event
 	rejected    []*ingest.Rejection
 	rejectedPos []*ingest.StreamPos
@@ -173,7 +177,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			return nil
 		}
 		fetchErr := p.fetchErr
-		if len(p.batch) > 0 {
+		if p.n > 0 {
 			if err := c.process(ctx, p); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -203,8 +207,9 @@ func (c *Collector) Close() error {
 	return errors.Join(c.src.Close(), c.dlq.Close())
 }
 
-// fetchBatch returns up to batchSize messages: it waits as long as it takes for the first, then at most batchWait
-// for the rest. A fetch error ends the batch early; the messages before it are returned with it.
+// fetchBatch returns up to batchSize messages, and stops at the first that brings their values to batchBytes: it
+// waits as long as it takes for the first, then at most batchWait for the rest. A fetch error ends the batch
+// early; the messages before it are returned with it.
 func (c *Collector) fetchBatch(ctx context.Context) ([]kafka.Message, error) {
 	first, err := c.src.FetchMessage(ctx)
 	if err != nil {
@@ -212,12 +217,13 @@ func (c *Collector) fetchBatch(ctx context.Context) ([]kafka.Message, error) {
 	}
 	batch := make([]kafka.Message, 1, min(c.batchSize, 4096))
 	batch[0] = first
-	if c.batchSize == 1 {
+	size := len(first.Value)
+	if c.batchSize == 1 || size >= c.batchBytes {
 		return batch, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.batchWait)
 	defer cancel()
-	for len(batch) < c.batchSize {
+	for len(batch) < c.batchSize && size < c.batchBytes {
 		// A cancelled FetchMessage leaves the message it did not return in the reader's queue: nothing is lost.
 		m, err := c.src.FetchMessage(wctx)
 		if err != nil {
@@ -227,13 +233,14 @@ func (c *Collector) fetchBatch(ctx context.Context) ([]kafka.Message, error) {
 			return batch, err
 		}
 		batch = append(batch, m)
+		size += len(m.Value)
 	}
 	return batch, nil
 }
 
 // prepare validates a fetched batch.
 func (c *Collector) prepare(batch []kafka.Message) prepared {
-	p := prepared{batch: batch, events: make([]*ingest.Event, 0, len(batch))}
+	p := prepared{n: len(batch), last: lastPerPartition(batch), events: make([]*ingest.Event, 0, len(batch))}
 	now := c.now()
 	for _, msg := range batch {
 		pos := &ingest.StreamPos{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset}
@@ -252,8 +259,8 @@ func (c *Collector) prepare(batch []kafka.Message) prepared {
 // process stores, dead-letters and commits one prepared batch. It returns an error only when ctx ends first.
 func (c *Collector) process(ctx context.Context, p prepared) error {
 	m := c.metrics
-	batch, events, rejected, rejectedPos := p.batch, p.events, p.rejected, p.rejectedPos
-	m.consumed.Add(float64(len(batch)))
+	events, rejected, rejectedPos := p.events, p.rejected, p.rejectedPos
+	m.consumed.Add(float64(p.n))
 	if c.src.Rebalanced() {
 		c.forgetPartitions()
 	}
@@ -262,7 +269,7 @@ func (c *Collector) process(ctx context.Context, p prepared) error {
 	if err != nil {
 		return err
 	}
-	m.batchSize.Observe(float64(len(batch)))
+	m.batchSize.Observe(float64(p.n))
 
 	var letters []kafka.Message
 	for i, rej := range rejected {
@@ -290,7 +297,7 @@ func (c *Collector) process(ctx context.Context, p prepared) error {
 	if err := c.produceDeadLetters(ctx, letters); err != nil {
 		return err
 	}
-	c.commit(ctx, batch)
+	c.commit(ctx, p.last)
 	return nil
 }
 
@@ -353,20 +360,29 @@ func (c *Collector) produceDeadLetters(ctx context.Context, letters []kafka.Mess
 	}
 }
 
-// commit commits the highest offset of each partition in the batch. The batch is stored by now, so committing is
-// worth finishing even while the collector stops; a commit that fails is not retried: the batch is redelivered
-// later (after a rebalance or restart) and the store counts it as duplicates.
-func (c *Collector) commit(ctx context.Context, batch []kafka.Message) {
-	last := map[int]kafka.Message{}
+// lastPerPartition returns the highest message of each partition in batch, stripped of key, value and headers.
+func lastPerPartition(batch []kafka.Message) []kafka.Message {
+	var last []kafka.Message
+next:
 	for _, msg := range batch {
-		if prev, ok := last[msg.Partition]; !ok || msg.Offset > prev.Offset {
-			last[msg.Partition] = msg
+		msg.Key, msg.Value, msg.Headers = nil, nil, nil
+		for i := range last {
+			if last[i].Partition == msg.Partition {
+				if msg.Offset > last[i].Offset {
+					last[i] = msg
+				}
+				continue next
+			}
 		}
+		last = append(last, msg)
 	}
-	msgs := make([]kafka.Message, 0, len(last))
-	for _, msg := range last {
-		msgs = append(msgs, msg)
-	}
+	return last
+}
+
+// commit commits the offset after each of msgs, the highest message of each partition of a stored batch. The batch
+// is stored by now, so committing is worth finishing even while the collector stops; a commit that fails is not
+// retried: the batch is redelivered later (after a rebalance or restart) and the store counts it as duplicates.
+func (c *Collector) commit(ctx context.Context, msgs []kafka.Message) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := c.src.CommitMessages(cctx, msgs...); err != nil {
@@ -376,9 +392,9 @@ func (c *Collector) commit(ctx context.Context, batch []kafka.Message) {
 	}
 	m := c.metrics
 	m.lastCommit.Set(float64(c.now().UnixNano()) / 1e9)
-	for p, msg := range last {
-		label := strconv.Itoa(p)
-		c.partitions[p] = true
+	for _, msg := range msgs {
+		label := strconv.Itoa(msg.Partition)
+		c.partitions[msg.Partition] = true
 		if msg.HighWaterMark > 0 {
 			m.lag.WithLabelValues(label).Set(float64(max(msg.HighWaterMark-msg.Offset-1, 0)))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -258,6 +259,33 @@ func TestCollectorBatchesThenCommits(t *testing.T) {
 		if n := testutil.CollectAndCount(m.lag); n != 0 {
 			t.Errorf("%d lag series left after Run returned", n)
 		}
+	})
+}
+
+// TestCollectorBatchBytes: a batch also ends at the message that brings its values to batch_bytes, so large
+// events make smaller batches and a collector's memory stays bounded whatever the events' size.
+func TestCollectorBatchBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, 100, time.Second)
+		now := time.Now()
+		var size int
+		for i := range 7 {
+			ev := eventJSON("gw", fmt.Sprintf("e%d", i), now, "1")
+			size = len(ev)
+			r.log.add(0, ev, now)
+		}
+		r.c.batchBytes = 3*size - 1 // the third message reaches it
+		r.start()
+		synctest.Wait()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := r.sink.batchSizes(); !slices.Equal(got, []int{3, 3, 1}) {
+			t.Errorf("batches %v, want [3 3 1]: ended by bytes, then by batch_wait", got)
+		}
+		if _, committed := r.log.state(); committed[0] != 7 {
+			t.Errorf("committed %v, want everything", committed)
+		}
+		r.stop(t)
 	})
 }
 

@@ -32,11 +32,11 @@ func TestConfigValidate(t *testing.T) {
 				Retention: 20 * 24 * time.Hour, BatchSize: 0, BatchWait: 0}
 		}, wantErr: []string{"kafka.topic:", "kafka.dlq_topic: required", "kafka.group_id: required",
 			"kafka.partitions: 0 must be", "kafka.replication_factor: -1 must be", "kafka.retention: 480h0m0s must be at least",
-			"kafka.batch_size: 0 must be", "kafka.batch_wait: 0s must be"}},
+			"kafka.batch_size: 0 must be", "kafka.batch_bytes: 0 must be", "kafka.batch_wait: 0s must be"}},
 		{name: "same topic twice", edit: func(c *Config) { c.DLQTopic = c.Topic },
 			wantErr: []string{`kafka.dlq_topic: "usage-events" is also kafka.topic`}},
-		{name: "batch too large", edit: func(c *Config) { c.BatchSize, c.BatchWait = MaxBatchSize+1, 2*time.Minute },
-			wantErr: []string{"kafka.batch_size: 1000001 must be", "kafka.batch_wait: 2m0s must be"}},
+		{name: "batch too large", edit: func(c *Config) { c.BatchSize, c.BatchBytes, c.BatchWait = MaxBatchSize+1, 1<<30, 2*time.Minute },
+			wantErr: []string{"kafka.batch_size: 1000001 must be", "kafka.batch_bytes: 1073741824 must be", "kafka.batch_wait: 2m0s must be"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

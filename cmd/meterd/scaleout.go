@@ -26,7 +26,7 @@ func scaledOut(cfg *config.Config) bool { return len(cfg.Kafka.Brokers) > 0 }
 func streamConfig(k config.Kafka) stream.Config {
 	return stream.Config{Brokers: k.Brokers, Topic: k.Topic, DLQTopic: k.DLQTopic, GroupID: k.GroupID,
 		Partitions: k.Partitions, ReplicationFactor: k.ReplicationFactor, Retention: k.Retention.Duration,
-		BatchSize: k.BatchSize, BatchWait: k.BatchWait.Duration,
+		BatchSize: k.BatchSize, BatchBytes: int(k.BatchBytes.Bytes), BatchWait: k.BatchWait.Duration,
 		Security: stream.Security{
 			TLS: stream.TLS{Enabled: k.TLS.Enabled, CAFile: k.TLS.CAFile, CertFile: k.TLS.CertFile, KeyFile: k.TLS.KeyFile,
 				ServerName: k.TLS.ServerName},
