@@ -3,6 +3,7 @@ package sqlite
 import (
 	"database/sql/driver"
 	"fmt"
+	"strconv"
 	"sync"
 
 	"github.com/shopspring/decimal"
@@ -32,18 +33,9 @@ type decimalAgg struct {
 }
 
 func (a *decimalAgg) Step(_ *sqlite.FunctionContext, args []driver.Value) error {
-	var s string
-	switch v := args[0].(type) {
-	case nil:
-		return nil
-	case string:
-		s = v
-	case []byte:
-		s = string(v)
-	case int64:
-		s = fmt.Sprint(v)
-	default:
-		return fmt.Errorf("decimal aggregate: value of type %T is not decimal text", v)
+	s, ok, err := argText(args[0])
+	if err != nil || !ok {
+		return err
 	}
 	d, err := decimal.NewFromString(s)
 	if err != nil {
@@ -75,3 +67,20 @@ func (a *decimalAgg) WindowValue(*sqlite.FunctionContext) (driver.Value, error) 
 }
 
 func (a *decimalAgg) Final(*sqlite.FunctionContext) {}
+
+// argText is the text of a value handed to an aggregate; ok is false for NULL, which aggregates skip. Values are
+// stored as text; an integer is accepted as its decimal text.
+func argText(v driver.Value) (s string, ok bool, err error) {
+	switch v := v.(type) {
+	case nil:
+		return "", false, nil
+	case string:
+		return v, true, nil
+	case []byte:
+		return string(v), true, nil
+	case int64:
+		return strconv.FormatInt(v, 10), true, nil
+	default:
+		return "", false, fmt.Errorf("decimal aggregate: value of type %T is not decimal text", v)
+	}
+}

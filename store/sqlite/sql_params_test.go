@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,11 +19,13 @@ func TestTotalsSQLTakesValuesAsParameters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "SELECT meter, subject, time_ms / 3600000 AS h, count(*), decimal_sum(value) FROM event_values WHERE time_ms >= ? AND time_ms < ? AND seq > ? AND seq <= ? AND meter IN (?, ?) AND subject = ? GROUP BY meter, subject, h ORDER BY meter, subject, h"
+	want := "WITH r AS (SELECT max(min(seq), ? + 1) AS lo, min(max(seq), ?) AS hi FROM event_values WHERE time_ms >= ? AND time_ms < ?) " +
+		"SELECT hour_totals_sum(meter, subject, time_ms, value) FROM r, event_values WHERE seq >= r.lo AND seq <= r.hi AND +time_ms >= ? AND +time_ms < ? AND meter IN (?, ?) AND subject = ?"
 	if q != want {
 		t.Errorf("sum query\n got %s\nwant %s", q, want)
 	}
-	if !slices.Equal(args, []any{from.UnixMilli(), from.Add(time.Hour).UnixMilli(), int64(7), int64(42), "tokens", "x'); DROP TABLE events; --", hostile}) {
+	if !slices.Equal(args, []any{int64(7), int64(42), from.UnixMilli(), from.Add(time.Hour).UnixMilli(), from.UnixMilli(), from.Add(time.Hour).UnixMilli(),
+		"tokens", "x'); DROP TABLE events; --", hostile}) {
 		t.Errorf("args %v", args)
 	}
 	// Late usage: a range over a day reads by sequence (the unary + keeps SQLite off the time index).
@@ -32,8 +33,16 @@ func TestTotalsSQLTakesValuesAsParameters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(q, "count(DISTINCT value) FROM event_values WHERE +time_ms >= ? AND +time_ms < ? AND seq > ? AND seq <= ? AND meter IN (?) GROUP BY") {
+	if want := "SELECT hour_totals_distinct(meter, subject, time_ms, value) FROM event_values WHERE +time_ms >= ? AND +time_ms < ? AND seq > ? AND seq <= ? AND meter IN (?)"; q != want {
 		t.Errorf("distinct query over a month: %s", q)
+	}
+	q, _, err = totalsSQL(aggregate.TotalsQuery{Kind: aggregate.KindMax, Meters: []string{"peak"}, From: from, To: from.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "WITH r AS (SELECT max(min(seq), ? + 1) AS lo, min(max(seq), ?) AS hi FROM event_values WHERE time_ms >= ? AND time_ms < ?) " +
+		"SELECT hour_totals_max(meter, subject, time_ms, value) FROM r, event_values WHERE seq >= r.lo AND seq <= r.hi AND +time_ms >= ? AND +time_ms < ? AND meter IN (?)"; q != want {
+		t.Errorf("max query: %s", q)
 	}
 	if _, _, err := totalsSQL(aggregate.TotalsQuery{Kind: "x; DROP TABLE events", Meters: []string{"m"}}); err == nil {
 		t.Error("an unknown kind was written into the SQL")

@@ -76,6 +76,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := registerDecimalFunctions(); err != nil {
 		return nil, err
 	}
+	if err := registerTotalsFunctions(); err != nil {
+		return nil, err
+	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("create store directory: %w", err)
