@@ -39,7 +39,17 @@ func NewValidator(meters *meter.Set, maxAge, maxFuture time.Duration) *Validator
 // Validate checks one structured-mode CloudEvent. at is the acknowledgement time the event's age is judged
 // against (the request time over HTTP, the Kafka message timestamp in the collectors, never a collector's clock).
 func (v *Validator) Validate(raw []byte, at time.Time) (*Event, *Rejection) {
-	ev, err := v.validate(raw, at)
+	return v.judge(raw, at, false)
+}
+
+// ValidateOwned is Validate for bytes that nothing modifies afterwards (a Kafka message's value): a valid event
+// keeps raw itself as its Raw instead of a copy, which was a tenth of a collector's allocations.
+func (v *Validator) ValidateOwned(raw []byte, at time.Time) (*Event, *Rejection) {
+	return v.judge(raw, at, true)
+}
+
+func (v *Validator) judge(raw []byte, at time.Time, owned bool) (*Event, *Rejection) {
+	ev, err := v.validate(raw, at, owned)
 	if err != nil {
 		rej := &Rejection{Reason: err.Error(), Code: err.Code, ReceivedAt: at.UTC(), Event: keepRaw(raw)}
 		rej.Source, rej.ID = bestEffortKey(raw)
@@ -201,7 +211,7 @@ func hasLoneSurrogate(raw []byte) bool {
 
 // validate judges a valid JSON object by reading only the members it needs and the meter values' paths in data;
 // anything else (not JSON, not an object) goes through validateDecoded, whose answers it reproduces exactly.
-func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
+func (v *Validator) validate(raw []byte, at time.Time, owned bool) (*Event, *InvalidError) {
 	if err := checkUnicode(raw); err != nil {
 		return nil, err
 	}
@@ -273,9 +283,12 @@ func (v *Validator) validate(raw []byte, at time.Time) (*Event, *InvalidError) {
 		b = append(b, canonicalData...)
 	}
 	ev.Hash = sha256.Sum256(b)
-	if isCompact(raw) {
+	switch {
+	case isCompact(raw) && owned:
+		ev.Raw = raw
+	case isCompact(raw):
 		ev.Raw = bytes.Clone(raw) // what keepRaw would return, without compacting
-	} else {
+	default:
 		ev.Raw = keepRaw(raw)
 	}
 	return ev, nil

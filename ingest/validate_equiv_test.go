@@ -36,7 +36,7 @@ func diffMeters(t testing.TB) *meter.Set {
 // (validateDecoded: the event decoded into a map), same event, same hash, same rejection.
 func compare(t *testing.T, v *Validator, raw []byte) {
 	t.Helper()
-	fast, ferr := v.validate(raw, diffNow)
+	fast, ferr := v.validate(raw, diffNow, false)
 	ref, rerr := func() (*Event, *InvalidError) {
 		if err := checkUnicode(raw); err != nil {
 			return nil, err
@@ -53,6 +53,26 @@ func compare(t *testing.T, v *Validator, raw []byte) {
 		fast.ID != ref.ID || fast.Source != ref.Source || fast.Type != ref.Type || fast.Subject != ref.Subject ||
 		!fast.Time.Equal(ref.Time) || fast.ReceivedAt != ref.ReceivedAt {
 		t.Fatalf("%q:\nfast %+v\nref  %+v", raw, fast, ref)
+	}
+	// Bytes handed over (ValidateOwned) are judged the same; a compact event keeps them instead of a copy.
+	owned, oerr := v.validate(bytes.Clone(raw), diffNow, true)
+	if oerr != nil || owned.Hash != fast.Hash || !bytes.Equal(owned.Raw, fast.Raw) || !reflect.DeepEqual(owned.Values, fast.Values) {
+		t.Fatalf("%q: owned bytes judged %+v %v, want %+v", raw, owned, oerr, fast)
+	}
+}
+
+// TestValidateOwnedKeepsBytes: ValidateOwned keeps a compact event's bytes as its Raw, Validate copies them (the
+// HTTP handler reuses its buffers).
+func TestValidateOwnedKeepsBytes(t *testing.T) {
+	v := NewValidator(diffMeters(t), 21*24*time.Hour, 5*time.Minute)
+	raw := []byte(diffSeeds[0])
+	owned, rej := v.ValidateOwned(raw, diffNow)
+	if rej != nil || &owned.Raw[0] != &raw[0] {
+		t.Errorf("ValidateOwned: %v, raw kept: %v", rej, rej == nil && &owned.Raw[0] == &raw[0])
+	}
+	copied, rej := v.Validate(raw, diffNow)
+	if rej != nil || &copied.Raw[0] == &raw[0] || !bytes.Equal(copied.Raw, raw) {
+		t.Errorf("Validate: %v, copy: %q", rej, copied.Raw)
 	}
 }
 

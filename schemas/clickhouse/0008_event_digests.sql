@@ -4,6 +4,10 @@
 -- the batch's inserts. Here each stored copy also carries dh, a hash of its key and content hash: a repeat whose
 -- (kh, dh) is found is a duplicate without reading events. events is read only for a key whose digest differs (a
 -- conflict, or a key hash collision) or that has several digests (conflicting copies raced in).
+--
+-- Upgrade: stop the collectors of the previous version before migrating. After the drop below their writes fail
+-- and are retried (nothing is committed to Kafka meanwhile, so nothing is lost); a key they stored without a
+-- digest would look new to the pre-check, and its second copy would be counted once only by the read-time rule.
 CREATE TABLE IF NOT EXISTS event_digests (
     kh UInt64,
     dh UInt64

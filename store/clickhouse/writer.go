@@ -133,11 +133,12 @@ type eventKey struct{ source, id string }
 func key(source, id string) eventKey { return eventKey{source, id} }
 
 // insertFresh inserts the new events of a batch: their meter values and event rows, then, only once both are
-// stored, their digests, so a key is found by the pre-check only when all its rows exist. (The first two inserts
-// at once were no faster: on two cores shared with Kafka the server's CPU, not its latency, bounds them.) A retry after a failure in between inserts the batch again: the pre-check does not
-// know its keys yet, and the copies it may leave twice are removed at read time (argMin by seq). Rows are handed
-// to the driver column by column: one typed slice per column instead of a reflected Append per row, which took a
-// fifth of the collector's CPU.
+// stored, their digests, so a key is found by the pre-check only when all its rows exist. A retry after a failure
+// in between inserts the batch again: the pre-check does not know its keys yet, and the copies it may leave twice
+// are removed at read time (argMin by seq). The first two inserts at once were measured no faster: on two cores
+// shared with Kafka the server's CPU, not its latency, bounds them. Rows are handed to the driver column by
+// column: one typed slice per column instead of a reflected Append per row, which took a fifth of the
+// collector's CPU.
 func (s *Store) insertFresh(ctx context.Context, events []*ingest.Event, fresh []int, seqs []int64) error {
 	nv := 0
 	for _, i := range fresh {
