@@ -22,7 +22,7 @@ test-integration:
 	go test -count=1 -tags integration ./store/clickhouse/... ./stream/...
 	go test -count=1 -tags integration -run '^(TestClickHouseEndToEnd|TestScaleOutEndToEnd|TestScaleOutSurvivesClickHouseRestart|TestScaleOutSurvivesKafkaRestart)$$' ./cmd/meterd/
 
-# Every benchmark of docs/performance.md in one run (full sizes, about an hour and a half; needs services-up).
+# Every benchmark of docs/performance.md in one run (full sizes, about 20 minutes; needs services-up).
 # It rewrites the generated section of docs/performance.md. bench-smoke runs the same at tiny sizes into a temp
 # file: it keeps the command working and asserts nothing about time.
 bench:

@@ -2,7 +2,7 @@
 # bench/run.sh (`make bench`): every benchmark of issue 11 in one run on this machine, written as a table to
 # docs/performance.md between its generated-section markers (the hand-written analysis around them is kept).
 #
-#   make bench                   # full sizes (about an hour and a half); needs `make services-up`
+#   make bench                   # full sizes (about 20 minutes); needs `make services-up`
 #   SIZE=smoke OUT=/tmp/p.md bench/run.sh   # smoke sizes, written elsewhere (CI): a few minutes, keeps the command working
 #
 # Parts, each the command it names (run alone to reproduce one figure):
@@ -92,9 +92,9 @@ table=$(mktemp)
 	}
 	{ grep '^RESULT store=' "$results" || true; } | while read -r l; do
 		if [[ -n $(field "$l" FAILED) ]]; then
-			echo "| hour close, $(field "$l" store), $(n "$(field "$l" events)") events, $(n "$(field "$l" instances)") instances | FAILED ($(field "$l" FAILED)) | < 30 s at 10M (ClickHouse) | \`bench/close.sh\` |"
+			echo "| hour close, $(field "$l" store), $(n "$(field "$l" events)") events, $(n "$(field "$l" instances)") instances | FAILED ($(field "$l" FAILED)) | < 30 s at 10M | \`bench/close.sh\` |"
 		else
-			echo "| hour close, $(field "$l" store), $(n "$(field "$l" events)") events, $(n "$(field "$l" instances)") instances | $(field "$l" close_s) s; peak RSS $(field "$l" rss_mib) MiB | < 30 s at 10M (ClickHouse) | \`SIZES_$( [[ $(field "$l" store) == sqlite ]] && echo SQLITE || echo CLICKHOUSE)=$(field "$l" events) INSTANCES=$(field "$l" instances) bench/close.sh\` |"
+			echo "| hour close, $(field "$l" store), $(n "$(field "$l" events)") events, $(n "$(field "$l" instances)") instances | $(field "$l" close_s) s; peak RSS $(field "$l" rss_mib) MiB | < 30 s at 10M | \`SIZES_$( [[ $(field "$l" store) == sqlite ]] && echo SQLITE || echo CLICKHOUSE)=$(field "$l" events) INSTANCES=$(field "$l" instances) bench/close.sh\` |"
 		fi
 	done
 	echo
