@@ -94,7 +94,14 @@ func NewCollector(cfg Config, opts CollectorOptions) (*Collector, error) {
 		MaxWait: 500 * time.Millisecond,
 		// Offsets are committed synchronously (CommitInterval 0) by CommitMessages, after the store write.
 		CommitInterval: 0,
-		ErrorLogger:    kafka.LoggerFunc(errorLogger(opts.Logger)),
+		// A killed collector's partitions move to the others once the group coordinator gives up on it: with
+		// kafka-go's 30 s defaults, storage of those partitions stopped for about 30 s per kill (the SIGKILL
+		// cycles). The same 10 s as the scheduler election; joins run in the reader's own goroutine, so a slow
+		// store write does not hold a rebalance.
+		SessionTimeout:    groupSessionTimeout,
+		RebalanceTimeout:  groupSessionTimeout,
+		HeartbeatInterval: groupSessionTimeout / 4,
+		ErrorLogger:       kafka.LoggerFunc(errorLogger(opts.Logger)),
 	})
 	w := newWriter(cfg.Brokers, sec)
 	return newCollector(&groupReader{Reader: r}, w, cfg, opts), nil

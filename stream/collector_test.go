@@ -584,3 +584,20 @@ func TestNewCollectorChecks(t *testing.T) {
 		t.Error("RetryMax below RetryInitial accepted")
 	}
 }
+
+// TestCollectorGroupTimeouts: a dead collector's partitions move within the group session timeout, not kafka-go's
+// default 30 s.
+func TestCollectorGroupTimeouts(t *testing.T) {
+	cfg := validConfig()
+	cfg.Brokers = []string{"127.0.0.1:1"} // unreachable: this test reads nothing
+	c, err := NewCollector(cfg, CollectorOptions{Validator: testValidator(t), Sink: newFakeSink(), Metrics: NewMetrics(prometheus.NewRegistry())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	rc := c.src.(*groupReader).Config()
+	if rc.SessionTimeout != groupSessionTimeout || rc.RebalanceTimeout != groupSessionTimeout || rc.HeartbeatInterval != groupSessionTimeout/4 {
+		t.Errorf("session %s, rebalance %s, heartbeat %s; want %s, %s, %s", rc.SessionTimeout, rc.RebalanceTimeout,
+			rc.HeartbeatInterval, groupSessionTimeout, groupSessionTimeout, groupSessionTimeout/4)
+	}
+}

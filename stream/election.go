@@ -42,10 +42,14 @@ type ElectionConfig struct {
 	Security Security
 }
 
+// groupSessionTimeout is how long the group coordinator waits for a silent member (a collector, a scheduler)
+// before it hands that member's partitions to the others.
+const groupSessionTimeout = 10 * time.Second
+
 // NewElection joins the group in the background; Run drives it.
 func NewElection(cfg ElectionConfig) (*Election, error) {
 	if cfg.SessionTimeout == 0 {
-		cfg.SessionTimeout = 10 * time.Second
+		cfg.SessionTimeout = groupSessionTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
