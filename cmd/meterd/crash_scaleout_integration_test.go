@@ -1016,30 +1016,8 @@ argMin(usage_value, created_ms), uniqExact(usage_value) FROM sdrs GROUP BY meter
 	if ledgerAccepted != len(usage) {
 		t.Errorf("/v1/records lists %d ACCEPTED records for %d instance-hours with usage", ledgerAccepted, len(usage))
 	}
-	billed, err := kgsim.FetchBilled(t.Context(), http.DefaultClient, simURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	perPeriod := map[string]int{}
-	perSN := map[string]int{}
-	for _, b := range billed {
-		perPeriod[b.InstanceID+"|"+b.BeginTime.Format(time.RFC3339)]++
-		perSN[b.MeteringSN]++
-		if v, ok := bySN[b.MeteringSN]; !ok || !v.Equal(b.UsageValue) {
-			t.Errorf("billed %s %s usage %s; the ledger has %v (%v)", b.InstanceID, b.BeginTime, b.UsageValue, v, ok)
-		}
-	}
-	for k, n := range perPeriod {
-		if n > 1 {
-			t.Errorf("%s billed %d times", k, n)
-			doubleBilled += n - 1
-		}
-	}
-	for sn := range bySN {
-		if perSN[sn] != 1 {
-			t.Errorf("SDR %s billed %d times", sn, perSN[sn])
-		}
-	}
-	t.Logf("%d instance-hours with usage, %d SDRs, %d records billed by the simulator", len(usage), len(bySN), len(billed))
+	double, billed := billedOnce(t, simURL, bySN)
+	doubleBilled += double
+	t.Logf("%d instance-hours with usage, %d SDRs, %d records billed by the simulator", len(usage), len(bySN), billed)
 	return doubleBilled
 }

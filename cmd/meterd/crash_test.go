@@ -391,6 +391,17 @@ WHERE u.usage_value != '0'`)
 	if n := atoi(t, dbRows(t, dbPath, `SELECT count(*) FROM sdrs`)[0][0]); n != len(rows) || ledgerAccepted != len(rows) {
 		t.Errorf("%d SDRs in the ledger (%d ACCEPTED in /v1/records) for %d instance-hours with usage", n, ledgerAccepted, len(rows))
 	}
+	double, billed := billedOnce(t, simURL, sdrs)
+	doubleBilled += double
+	t.Logf("%d instance-hours with usage, %d SDRs ACCEPTED, %d records billed by the simulator", len(rows), len(sdrs), billed)
+	return doubleBilled
+}
+
+// billedOnce checks what kgsim billed against the ledger's SDRs (metering_sn -> usage value): each billed record
+// carries its SDR's usage, each SDR is billed exactly once, and no instance-hour twice. It returns the number of
+// extra bills for an instance-hour and the number of records billed.
+func billedOnce(t *testing.T, simURL string, sdrs map[string]decimal.Decimal) (doubleBilled, records int) {
+	t.Helper()
 	billed, err := kgsim.FetchBilled(t.Context(), http.DefaultClient, simURL)
 	if err != nil {
 		t.Fatal(err)
@@ -415,6 +426,5 @@ WHERE u.usage_value != '0'`)
 			t.Errorf("SDR %s billed %d times", sn, perSN[sn])
 		}
 	}
-	t.Logf("%d instance-hours with usage, %d SDRs ACCEPTED, %d records billed by the simulator", len(rows), len(sdrs), len(billed))
-	return doubleBilled
+	return doubleBilled, len(billed)
 }
