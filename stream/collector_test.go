@@ -300,15 +300,18 @@ func TestCollectorBackpressure(t *testing.T) {
 		for i := range 5 {
 			r.log.add(0, eventJSON("gw", "e"+string(rune('a'+i)), now, "1"), now)
 		}
-		// Watch the fetches and commits at every retry.
+		// Watch the fetches and commits at every retry. They are read when the retry delay ends, not when it
+		// starts: the bubble's clock moves only once every goroutine is blocked, so by then the fetcher has gone
+		// as far as it can. Read at the start, the fetcher may still be running (CI once saw [3 4 4 4]).
 		var seen []int
 		var commitsWhileFailing int
 		sleep := r.c.sleep
 		r.c.sleep = func(ctx context.Context, d time.Duration) error {
+			err := sleep(ctx, d)
 			fetched, committed := r.log.state()
 			seen = append(seen, fetched)
 			commitsWhileFailing += len(committed)
-			return sleep(ctx, d)
+			return err
 		}
 		r.start()
 		time.Sleep(time.Minute)
