@@ -59,8 +59,8 @@ type Ledger interface {
 	SetPause(ctx context.Context, instanceID string, paused bool, now time.Time) error
 	StateCounts(ctx context.Context) (map[State]int, error)
 	// OldestUnaccepted returns the due time of the oldest SDR not yet final (zero when none) and how many not-final
-	// SDRs are past their due time.
-	OldestUnaccepted(ctx context.Context, now time.Time) (due time.Time, pastDue int, err error)
+	// SDRs are past their due time, leaving out the SDRs of the instances in skip.
+	OldestUnaccepted(ctx context.Context, now time.Time, skip []string) (due time.Time, pastDue int, err error)
 	ListSDRs(ctx context.Context, f SDRFilter) ([]SDR, error)
 	Attempts(ctx context.Context, sns []string) (map[string][]Attempt, error)
 }

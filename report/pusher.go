@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/aggregate"
+	"github.com/meterd/meterd/aggregate/instance"
 	"github.com/meterd/meterd/report/koogallery"
 )
 
@@ -243,8 +244,8 @@ func (p *Pusher) Plan(ctx context.Context, opts RunOptions) (build, send []SDR, 
 	return build, send, nil
 }
 
-// send pushes one batch and applies the error policy of DESIGN.md §4 step 9. It returns stop=true when pushing
-// must stop for now (halted).
+// send pushes one batch and applies the error policy of DESIGN.md §4 step 9. It returns stop=true when this run
+// must send no more: halted, or a transient failure.
 func (p *Pusher) send(ctx context.Context, epoch int64, batch []SDR, sum *Summary) (stop bool, err error) {
 	sns := make([]string, len(batch))
 	bodies := make([][]byte, len(batch))
@@ -330,6 +331,11 @@ func (p *Pusher) send(ctx context.Context, epoch int64, batch []SDR, sum *Summar
 		p.cfg.Metrics.halted(true)
 		return true, record(outs)
 	default: // retry: transport error, 5xx, 0999, 0250, unknown codes
+		// The run ends here. A transient failure is rarely the batch's own: KooGallery is down, overloaded or rate
+		// limiting us (0250), and the next batch would meet the same. Going on would turn an outage into one
+		// timeout per due batch per run, answer 0250 with more calls, and bill younger hours before this batch
+		// (catch-up is oldest first, §4 step 11). The next run starts again from the oldest due record.
+		//
 		// Definite only when KooGallery certainly did not process the call: rate limited (0250), or the request
 		// never left this machine. A timeout, a lost answer, a 5xx or 0999 may all follow processing.
 		var te *koogallery.TransportError
@@ -347,7 +353,7 @@ func (p *Pusher) send(ctx context.Context, epoch int64, batch []SDR, sum *Summar
 				NextAttempt: now.Add(p.backoff(s.Attempts + 1))}
 			sum.Retrying++
 		}
-		return false, record(outs)
+		return true, record(outs)
 	}
 }
 
@@ -409,12 +415,39 @@ func (p *Pusher) observe(ctx context.Context, now time.Time) {
 		p.cfg.Logger.Warn("read SDR state counts", "err", err)
 		return
 	}
-	due, pastDue, err := p.cfg.Ledger.OldestUnaccepted(ctx, now)
+	// The deadline gauges leave out the instances frozen now: their SDRs wait for the unfreeze by design and have
+	// gauges of their own (meterd_push_frozen_*). Counted in, one old frozen record would hide every other from
+	// MeterdDeadlineAtRisk, since the oldest due time would be long past.
+	frozen, err := FrozenInstances(ctx, p.cfg.Instances, now)
+	if err != nil {
+		p.cfg.Logger.Warn("read frozen instances", "err", err)
+		return
+	}
+	skip := make([]string, len(frozen))
+	for i, in := range frozen {
+		skip[i] = in.ID
+	}
+	due, pastDue, err := p.cfg.Ledger.OldestUnaccepted(ctx, now, skip)
 	if err != nil {
 		p.cfg.Logger.Warn("read oldest unaccepted SDR", "err", err)
 		return
 	}
 	p.cfg.Metrics.ledger(counts, due, pastDue, p.cfg.Client != nil, now.Before(p.haltUntil))
+}
+
+// FrozenInstances returns the instances frozen at now: KooGallery refuses their usage (013) until the unfreeze.
+func FrozenInstances(ctx context.Context, src aggregate.Instances, now time.Time) ([]instance.Instance, error) {
+	listed, err := src.ListInstances(ctx, instance.Filter{Status: instance.Frozen})
+	if err != nil {
+		return nil, fmt.Errorf("list frozen instances: %w", err)
+	}
+	var out []instance.Instance
+	for _, in := range listed {
+		if in.FrozenAt(now) {
+			out = append(out, in)
+		}
+	}
+	return out, nil
 }
 
 func batchID() string {

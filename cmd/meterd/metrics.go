@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meterd/meterd/aggregate"
-	"github.com/meterd/meterd/aggregate/instance"
 	"github.com/meterd/meterd/config"
 	"github.com/meterd/meterd/pricing"
 	"github.com/meterd/meterd/report"
@@ -152,7 +151,7 @@ func newStoreMonitor(reg prometheus.Registerer, store monitorStore, catalog *pri
 		frozen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterd_push_frozen_sdrs",
 			Help: "SDRs not yet accepted (PENDING, SENT) of instances frozen now: they wait for the unfreeze (KooGallery answers 013)."}),
 		frozenPast: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterd_push_frozen_sdrs_past_deadline",
-			Help: "The part of meterd_push_frozen_sdrs past its due time; also counted in meterd_push_sdrs_past_deadline."}),
+			Help: "The part of meterd_push_frozen_sdrs past its due time; not counted in meterd_push_sdrs_past_deadline."}),
 		frozenExpiry: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterd_push_frozen_oldest_expiry_timestamp_seconds",
 			Help: "When the oldest SDR waiting for an unfreeze becomes too old for KooGallery: its begin_time + 21 days (Unix seconds; 0 when none)."}),
 		violations: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterd_reconcile_invariant_violations",
@@ -181,16 +180,13 @@ func (m *storeMonitor) observe(ctx context.Context) error {
 	if ok {
 		m.lastClosed.Set(float64(mark.Hour.Unix()))
 	}
-	frozen, err := m.store.ListInstances(ctx, instance.Filter{Status: instance.Frozen})
+	frozen, err := report.FrozenInstances(ctx, m.store, now)
 	if err != nil {
 		return err
 	}
 	var waiting, past int
 	var oldest time.Time
 	for _, in := range frozen {
-		if !in.FrozenAt(now) {
-			continue
-		}
 		for _, st := range []report.State{report.Pending, report.Sent} {
 			sdrs, err := m.store.ListSDRs(ctx, report.SDRFilter{State: st, InstanceID: in.ID, To: now.Add(time.Hour)})
 			if err != nil {

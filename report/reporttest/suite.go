@@ -57,6 +57,7 @@ func RunPushSuite(t *testing.T, open Opener) {
 		{"PoisonedRecordDoesNotBlockTheBatch", poisonedRecordDoesNotBlockTheBatch},
 		{"AuthFailureStopsAndKeepsRecords", authFailureStopsAndKeepsRecords},
 		{"OutageThenCatchUpOldestFirst", outageThenCatchUpOldestFirst},
+		{"TransientFailureEndsTheRun", transientFailureEndsTheRun},
 		{"RebuildAfterCrashGivesIdenticalBytes", rebuildAfterCrashGivesIdenticalBytes},
 		{"TwoSchedulersPushOnce", twoSchedulersPushOnce},
 		{"StaleSchedulerIsFenced", staleSchedulerIsFenced},
@@ -87,6 +88,7 @@ type pushRig struct {
 	sim     *kgsim.Sim
 	srv     *httptest.Server
 	metrics *report.Metrics
+	reg     *prometheus.Registry // where metrics is registered
 }
 
 func (r *pushRig) clock() time.Time { return r.now }
@@ -158,7 +160,8 @@ func newPushRig(t *testing.T, open Opener, instances, hours int) *pushRig {
 	r.sim.Faults().Seed(7)
 	r.srv = httptest.NewServer(r.sim)
 	t.Cleanup(r.srv.Close)
-	r.metrics = report.NewMetrics(prometheus.NewRegistry())
+	r.reg = prometheus.NewRegistry()
+	r.metrics = report.NewMetrics(r.reg)
 	return r
 }
 
@@ -238,6 +241,22 @@ func (r *pushRig) billedOnce() int {
 		}
 	}
 	return len(seen)
+}
+
+// gauge reads an unlabelled gauge of the rig's metrics.
+func (r *pushRig) gauge(name string) float64 {
+	r.t.Helper()
+	families, err := r.reg.Gather()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	r.t.Fatalf("no gauge %s", name)
+	return 0
 }
 
 // snapshot renders every SDR with every field, to show that an operation changed nothing.
@@ -347,7 +366,7 @@ func outageThenCatchUpOldestFirst(t *testing.T, open Opener) {
 	if r.open() != 30 || len(r.sim.Billed()) != 0 {
 		t.Fatalf("during the outage: open %d, billed %d", r.open(), len(r.sim.Billed()))
 	}
-	due, past, err := r.store.OldestUnaccepted(context.Background(), r.now)
+	due, past, err := r.store.OldestUnaccepted(context.Background(), r.now, nil)
 	if err != nil || !due.Equal(h0.Add(time.Hour+15*time.Minute)) || past != 30 {
 		t.Fatalf("oldest due %s, past due %d, %v", due, past, err)
 	}
@@ -356,6 +375,35 @@ func outageThenCatchUpOldestFirst(t *testing.T, open Opener) {
 	billed := r.sim.Billed()
 	if len(billed) != 30 || !sort.SliceIsSorted(billed, func(i, j int) bool { return billed[i].BeginTime.Before(billed[j].BeginTime) }) {
 		t.Fatalf("catch-up order: %v", billed)
+	}
+}
+
+// transientFailureEndsTheRun: KooGallery rate limits the first of two batches (0250). The run sends nothing more.
+// A run inside the backoff sends the rest (a failed batch holds the others back for one run, not longer); the
+// failed batch goes once its backoff is over. Every hour is billed once.
+func transientFailureEndsTheRun(t *testing.T, open Opener) {
+	r := newPushRig(t, open, 600, 2) // 1,200 SDRs: a batch of 1,000 and one of 200
+	r.now = h0.Add(3 * time.Hour)
+	r.sim.Faults().FailNext(1, "0250", 0)
+	p := r.pusher("a", TestKey)
+	sum, err := p.RunOnce(context.Background(), report.RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Sent != 1000 || sum.Retrying != 1000 || sum.Accepted != 0 || r.sim.Stats().Requests != 1 {
+		t.Fatalf("first run: %+v, %d calls; want one batch of 1,000 sent and retrying, nothing else", sum, r.sim.Stats().Requests)
+	}
+	// Still inside the backoff (retry_initial 2s, jitter 0.5x to 1.5x): the failed batch is not due, the rest is.
+	r.now = r.now.Add(500 * time.Millisecond)
+	if sum, err = p.RunOnce(context.Background(), report.RunOptions{}); err != nil || sum.Accepted != 200 {
+		t.Fatalf("run inside the backoff: %+v, %v; want the other 200 accepted", sum, err)
+	}
+	r.now = r.now.Add(3 * time.Second)
+	if sum, err = p.RunOnce(context.Background(), report.RunOptions{}); err != nil || sum.Accepted != 1000 {
+		t.Fatalf("run after the backoff: %+v, %v; want the 1,000 accepted", sum, err)
+	}
+	if n := r.billedOnce(); n != 1200 || r.open() != 0 {
+		t.Fatalf("billed %d, open %d", n, r.open())
 	}
 }
 
@@ -484,7 +532,7 @@ func collisionIsRejectedAndPaged(t *testing.T, open Opener) {
 
 // frozenRecordsDoNotStarveOthers: the first records in push order belong to frozen instances and fill the whole
 // window of due records; the active instance's record still goes out, and the frozen ones wait (not sent, not
-// billed).
+// billed). The deadline gauges leave the frozen ones out: nothing else is open, so nothing is late or due.
 func frozenRecordsDoNotStarveOthers(t *testing.T, open Opener) {
 	r := newPushRig(t, open, 12, 1)
 	ctx := context.Background()
@@ -505,7 +553,7 @@ func frozenRecordsDoNotStarveOthers(t *testing.T, open Opener) {
 		t.Fatal(err)
 	}
 	p, err := report.NewPusher(report.PusherConfig{Ledger: r.store, Builder: r.builder(), Instances: r.store, Client: client, Holder: "a",
-		BatchSize: 1, RetryInitial: time.Second, RetryMax: time.Minute, Now: r.clock})
+		BatchSize: 1, RetryInitial: time.Second, RetryMax: time.Minute, Now: r.clock, Metrics: r.metrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,6 +568,16 @@ func frozenRecordsDoNotStarveOthers(t *testing.T, open Opener) {
 	}
 	if n := r.billedOnce(); n != 1 {
 		t.Fatalf("billed %d, want the active instance's record", n)
+	}
+	if due, past := r.gauge("meterd_push_oldest_unaccepted_due_timestamp_seconds"), r.gauge("meterd_push_sdrs_past_deadline"); due != 0 || past != 0 {
+		t.Errorf("deadline gauges with only frozen instances' records open: oldest due %v, past deadline %v; want 0, 0", due, past)
+	}
+	// The frozen instances' records are left out; the rest are counted.
+	if due, past, err := r.store.OldestUnaccepted(ctx, r.now, nil); err != nil || !due.Equal(h0.Add(75*time.Minute)) || past != 11 {
+		t.Errorf("oldest unaccepted of all: %s, %d past due, %v", due, past, err)
+	}
+	if due, past, err := r.store.OldestUnaccepted(ctx, r.now, []string{instID(0), instID(3)}); err != nil || !due.Equal(h0.Add(75*time.Minute)) || past != 9 {
+		t.Errorf("oldest unaccepted without two: %s, %d past due, %v", due, past, err)
 	}
 }
 
@@ -737,7 +795,7 @@ func ledgerContract(t *testing.T, open Opener) {
 	if got := list(report.SDRFilter{State: report.Rejected, From: h0, To: h0.Add(10 * time.Hour)}); len(got) != 1 || got[0].MeteringSN != sns[1] {
 		t.Fatalf("by state: %+v", got)
 	}
-	oldest, past, err := st.OldestUnaccepted(ctx, h0.Add(2*time.Hour))
+	oldest, past, err := st.OldestUnaccepted(ctx, h0.Add(2*time.Hour), nil)
 	if err != nil || !oldest.Equal(h0.Add(time.Hour+15*time.Minute)) || past != 1 {
 		t.Fatalf("oldest unaccepted %s, past due %d, %v", oldest, past, err)
 	}

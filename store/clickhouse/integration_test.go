@@ -196,7 +196,7 @@ usage_value, amount, currency, relate_pkg_instance, body, due_ms, created_ms)`, 
 	if due, err := st.Pushable(ctx, now, 10); err != nil || len(due) != 1 || due[0].MeteringSN != b.MeteringSN {
 		t.Errorf("pushable %+v %v", due, err)
 	}
-	if _, past, err := st.OldestUnaccepted(ctx, now); err != nil || past != 1 {
+	if _, past, err := st.OldestUnaccepted(ctx, now, nil); err != nil || past != 1 {
 		t.Errorf("past due %d %v", past, err)
 	}
 	if u, err := st.PeriodUsage(ctx, "i-2", ledgerHour, ledgerHour.Add(time.Hour)); err != nil || u.String() != "1.5" {

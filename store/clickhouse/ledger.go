@@ -749,12 +749,19 @@ GROUP BY st_state`)
 	return out, rows.Err()
 }
 
-// OldestUnaccepted returns the due time of the oldest SDR still to push and how many are past due (report.Ledger).
-func (s *Store) OldestUnaccepted(ctx context.Context, now time.Time) (time.Time, int, error) {
+// OldestUnaccepted returns the due time of the oldest SDR still to push and how many are past due, the SDRs of the
+// instances in skip left out (report.Ledger).
+func (s *Store) OldestUnaccepted(ctx context.Context, now time.Time, skip []string) (time.Time, int, error) {
+	q := `SELECT min(due_ms), uniqExactIf(metering_sn, due_ms < ?), count() FROM sdrs
+WHERE metering_sn IN (SELECT metering_sn FROM (` + currentStateOf + `) WHERE st_state IN ('PENDING', 'SENT'))`
+	args := []any{now.UnixMilli()}
+	if len(skip) > 0 {
+		q += ` AND NOT has(?, instance_id)` // the driver binds a []string as one array literal
+		args = append(args, skip)
+	}
 	var due int64
 	var past, n uint64
-	if err := s.conn.QueryRow(ctx, `SELECT min(due_ms), uniqExactIf(metering_sn, due_ms < ?), count() FROM sdrs
-WHERE metering_sn IN (SELECT metering_sn FROM (`+currentStateOf+`) WHERE st_state IN ('PENDING', 'SENT'))`, now.UnixMilli()).Scan(&due, &past, &n); err != nil {
+	if err := s.conn.QueryRow(ctx, q, args...).Scan(&due, &past, &n); err != nil {
 		return time.Time{}, 0, fmt.Errorf("read oldest unaccepted SDR: %w", err)
 	}
 	if n == 0 {

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -342,12 +343,23 @@ func (s *Store) StateCounts(ctx context.Context) (map[report.State]int, error) {
 	return out, rows.Err()
 }
 
-// OldestUnaccepted returns the due time of the oldest SDR still to push and how many are past due.
-func (s *Store) OldestUnaccepted(ctx context.Context, now time.Time) (time.Time, int, error) {
+// OldestUnaccepted returns the due time of the oldest SDR still to push and how many are past due, the SDRs of the
+// instances in skip left out (report.Ledger).
+func (s *Store) OldestUnaccepted(ctx context.Context, now time.Time, skip []string) (time.Time, int, error) {
+	q := `SELECT min(due_ms), sum(due_ms < ?) FROM sdrs WHERE state IN ('PENDING', 'SENT')`
+	args := []any{now.UnixMilli()}
+	if len(skip) > 0 {
+		// One JSON array, not a placeholder per instance: the list has no length limit this way.
+		list, err := json.Marshal(skip)
+		if err != nil {
+			return time.Time{}, 0, err
+		}
+		q += ` AND instance_id NOT IN (SELECT value FROM json_each(?))`
+		args = append(args, string(list))
+	}
 	var due sql.NullInt64
 	var past sql.NullInt64
-	if err := s.read.QueryRowContext(ctx, `SELECT min(due_ms), sum(due_ms < ?) FROM sdrs WHERE state IN ('PENDING', 'SENT')`,
-		now.UnixMilli()).Scan(&due, &past); err != nil {
+	if err := s.read.QueryRowContext(ctx, q, args...).Scan(&due, &past); err != nil {
 		return time.Time{}, 0, fmt.Errorf("read oldest unaccepted SDR: %w", err)
 	}
 	if !due.Valid {
