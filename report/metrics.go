@@ -102,8 +102,12 @@ func (m *Metrics) paused(p bool) {
 	}
 }
 
+// ledger sets the ledger gauges; nil counts (they could not be read) leave meterd_push_sdrs as it was.
 func (m *Metrics) ledger(counts map[State]int, due time.Time, pastDue int, enabled, halted bool) {
 	for _, s := range States {
+		if counts == nil {
+			break
+		}
 		m.sdrs.WithLabelValues(string(s)).Set(float64(counts[s]))
 	}
 	if due.IsZero() {

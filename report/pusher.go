@@ -125,10 +125,11 @@ func (p *Pusher) RunOnce(ctx context.Context, opts RunOptions) (Summary, error) 
 		return sum, fmt.Errorf("build SDRs: %w", err)
 	}
 	p.cfg.Metrics.built(sum.Built)
-	// The gauges are read before pushing as well as after: a first catch-up after downtime can run for minutes,
-	// and the deadline alerts must see the backlog during it, not only once it is over.
-	p.observe(ctx, now)
-	defer func() { p.observe(ctx, p.cfg.Now().UTC()) }()
+	// The deadline gauges are read before pushing as well as after: a first catch-up after downtime can run for
+	// minutes, and the deadline alerts must see the backlog during it, not only once it is over. The counts by
+	// state only after: they read every SDR's state, and pushing must not wait for them.
+	p.observe(ctx, now, false)
+	defer func() { p.observe(ctx, p.cfg.Now().UTC(), true) }()
 	if p.cfg.Client == nil {
 		return sum, nil
 	}
@@ -405,15 +406,19 @@ func (p *Pusher) Release(ctx context.Context) error {
 	return p.cfg.Ledger.ReleaseLease(ctx, p.cfg.Holder, lease.Epoch)
 }
 
-// observe refreshes the ledger gauges.
-func (p *Pusher) observe(ctx context.Context, now time.Time) {
+// observe refreshes the ledger gauges, the counts by state (meterd_push_sdrs) only when withCounts.
+func (p *Pusher) observe(ctx context.Context, now time.Time, withCounts bool) {
 	if p.cfg.Metrics == nil {
 		return
 	}
-	counts, err := p.cfg.Ledger.StateCounts(ctx)
-	if err != nil {
-		p.cfg.Logger.Warn("read SDR state counts", "err", err)
-		return
+	var counts map[State]int
+	if withCounts {
+		var err error
+		if counts, err = p.cfg.Ledger.StateCounts(ctx); err != nil {
+			// The deadline gauges below do not fail with the counts.
+			p.cfg.Logger.Warn("read SDR state counts", "err", err)
+			counts = nil
+		}
 	}
 	// The deadline gauges leave out the instances frozen now: their SDRs wait for the unfreeze by design and have
 	// gauges of their own (meterd_push_frozen_*). Counted in, one old frozen record would hide every other from

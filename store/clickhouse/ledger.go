@@ -22,7 +22,8 @@ package clickhouse
 //     fences the handover from a leader that died or lost the election.
 //
 // sdrs and sdr_states are ordered by hour_ms: the build, the push and the reports read ranges of hours, and reads
-// by metering_sn narrow to the hour the number names (snHours).
+// by metering_sn narrow to the hour the number names (snHours). The push's reads of open SDRs (Pushable,
+// OldestUnaccepted) go through the open index (sdr_open), so that their cost follows the open SDRs, not history.
 
 import (
 	"context"
@@ -33,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 
@@ -264,6 +266,92 @@ func (s *Store) currentStates(ctx context.Context, sns []string) (map[string]sta
 	return out, nil
 }
 
+// --- the open index (schemas/clickhouse/0009_sdr_open.sql) ------------------------------------------------------
+
+// inOpenIndex keeps, of a table with hour_ms and metering_sn, the SDRs in the open index. On sdr_states the pair is
+// a prefix of the sorting key, so the read skips the granules of SDRs not listed.
+const inOpenIndex = `(hour_ms, metering_sn) IN (SELECT hour_ms, metering_sn FROM sdr_open)`
+
+// inOpenInstanceHours keeps, of sdrs, the instance-hours in the open index: a prefix of its sorting key. Applied
+// together with inOpenIndex on the state side, it selects the same SDRs.
+const inOpenInstanceHours = `(hour_ms, instance_id) IN (SELECT hour_ms, instance_id FROM sdr_open)`
+
+// openGeneration is the generation (and partition) of open index rows written at t: its hour, in Unix ms.
+func openGeneration(t time.Time) int64 { return t.UTC().Truncate(time.Hour).UnixMilli() }
+
+// indexOpen lists the SDRs of sdrs that start PENDING or SENT in the open index.
+func (s *Store) indexOpen(ctx context.Context, sdrs []report.SDR) error {
+	var open []report.SDR
+	for _, d := range sdrs {
+		if d.State == report.Pending || d.State == report.Sent {
+			open = append(open, d)
+		}
+	}
+	if len(open) == 0 {
+		return nil
+	}
+	gen := openGeneration(s.opts.Now())
+	if err := s.insert(ctx, `INSERT INTO sdr_open (metering_sn, hour_ms, instance_id, gen)`, len(open), func(b driver.Batch, i int) error {
+		return b.Append(open[i].MeteringSN, open[i].Hour.UnixMilli(), open[i].InstanceID, gen)
+	}); err != nil {
+		return fmt.Errorf("index open SDRs (rows=%d): %w", len(open), err)
+	}
+	return nil
+}
+
+// compactOpenSQL copies, into generation ? (the current one), one row of each SDR listed in the generations before
+// ? (a cutoff) that is not known to be final. An SDR without a state row (a crash between the index and the state
+// insert, or a writer still between them) is kept: only a final state is proof that the push no longer needs it.
+const compactOpenSQL = `INSERT INTO sdr_open (metering_sn, hour_ms, instance_id, gen)
+SELECT metering_sn, any(hour_ms), any(instance_id), ? FROM sdr_open WHERE gen < ? AND metering_sn NOT IN (
+SELECT metering_sn FROM (SELECT metering_sn, argMax(state, (epoch, version)) AS st_state FROM sdr_states
+WHERE (hour_ms, metering_sn) IN (SELECT hour_ms, metering_sn FROM sdr_open WHERE gen < ?) GROUP BY metering_sn)
+WHERE st_state NOT IN ('PENDING', 'SENT')) GROUP BY metering_sn`
+
+// compactOpen shrinks the open index once per generation: the rows of the generations before the previous one are
+// copied forward when their SDR may still be open, and their partitions dropped. The previous generation is left
+// alone so that a writer whose index row is minutes old is never compacted under its feet. A crash between the
+// copy and the drops leaves duplicate rows, which readers do not mind; two processes compacting at once copy the
+// same rows twice, no more.
+func (s *Store) compactOpen(ctx context.Context) error {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	gen := openGeneration(s.opts.Now())
+	if gen <= s.compactedGen {
+		return nil
+	}
+	cutoff := gen - time.Hour.Milliseconds()
+	rows, err := s.conn.Query(ctx, `SELECT DISTINCT gen FROM sdr_open WHERE gen < ? ORDER BY gen`, cutoff)
+	if err != nil {
+		return fmt.Errorf("read open index generations: %w", err)
+	}
+	var old []int64
+	for rows.Next() {
+		var g int64
+		if err := rows.Scan(&g); err != nil {
+			_ = rows.Close()
+			return fmt.Errorf("read open index generations: %w", err)
+		}
+		old = append(old, g)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("read open index generations: %w", err)
+	}
+	if len(old) > 0 {
+		if err := s.conn.Exec(ctx, compactOpenSQL, gen, cutoff, cutoff); err != nil {
+			return fmt.Errorf("copy open SDRs forward: %w", err)
+		}
+		for _, g := range old {
+			// A partition is named by its value; g is a number read back from the table.
+			if err := s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE sdr_open DROP PARTITION %d", g)); err != nil {
+				return fmt.Errorf("drop open index generation %d: %w", g, err)
+			}
+		}
+	}
+	s.compactedGen = gen
+	return nil
+}
+
 // --- reading SDRs ----------------------------------------------------------------------------------------------
 
 // sdrWhere selects current SDRs; empty fields select everything.
@@ -276,6 +364,7 @@ type sdrWhere struct {
 	states     []report.State // current state in
 	dueBy      int64          // with due: current next_attempt_ms <= dueBy
 	due        bool
+	open       bool // only the SDRs in the open index
 	limit      int
 }
 
@@ -299,6 +388,9 @@ func (w sdrWhere) hourConds() ([]string, []any) {
 		for _, sn := range w.sns {
 			args = append(args, sn)
 		}
+	}
+	if w.open {
+		conds = append(conds, inOpenIndex)
 	}
 	return conds, args
 }
@@ -337,6 +429,9 @@ func sdrsSQL(w sdrWhere) (string, []any) {
 	b.WriteString(") USING metering_sn")
 	conds := hc
 	args = append(args, hargs...)
+	if w.open {
+		conds = append(conds, inOpenInstanceHours) // a prefix of sdrs' sorting key, unlike (hour_ms, metering_sn)
+	}
 	if w.instanceID != "" {
 		conds = append(conds, "instance_id = ?")
 		args = append(args, w.instanceID)
@@ -542,6 +637,10 @@ func (s *Store) insertNewSDRs(ctx context.Context, epoch int64, sdrs []report.SD
 	if len(fresh) == 0 {
 		return nil
 	}
+	// The open index first: an SDR that can be pushed must never be missing from it.
+	if err := s.indexOpen(ctx, fresh); err != nil {
+		return err
+	}
 	if err := s.insertStates(ctx, states); err != nil {
 		return err
 	}
@@ -560,10 +659,15 @@ usage_value, amount, currency, relate_pkg_instance, body, due_ms, created_ms)`, 
 	return nil
 }
 
-// Pushable returns SDRs due for an attempt, oldest hour first (report.Ledger). It reads in two steps so that the
-// SDR table is read only for the hours needed: the hours holding due SDRs and how many each holds, then the SDRs
-// of the oldest of those hours up to limit.
+// Pushable returns SDRs due for an attempt, oldest hour first (report.Ledger). It reads only the SDRs in the open
+// index, in two steps so that the SDR table is read only for the hours needed: the hours holding due SDRs and how
+// many each holds, then the SDRs of the oldest of those hours up to limit. It compacts the index first, once an
+// hour.
 func (s *Store) Pushable(ctx context.Context, now time.Time, limit int) ([]report.SDR, error) {
+	if err := s.compactOpen(ctx); err != nil {
+		// The index only grows meanwhile: the push goes on, and the next call tries again.
+		s.opts.Logger.Warn("compact the open SDR index", "err", err)
+	}
 	rows, err := s.conn.Query(ctx, pushableHoursSQL, now.UnixMilli())
 	if err != nil {
 		return nil, fmt.Errorf("read pushable hours: %w", err)
@@ -586,7 +690,7 @@ func (s *Store) Pushable(ctx context.Context, now time.Time, limit int) ([]repor
 	if len(hours) == 0 {
 		return nil, nil
 	}
-	out, err := s.querySDRs(ctx, sdrWhere{hours: hours, states: []report.State{report.Pending, report.Sent}, due: true,
+	out, err := s.querySDRs(ctx, sdrWhere{hours: hours, open: true, states: []report.State{report.Pending, report.Sent}, due: true,
 		dueBy: now.UnixMilli(), limit: limit})
 	if err != nil {
 		return nil, fmt.Errorf("read pushable SDRs: %w", err)
@@ -597,7 +701,7 @@ func (s *Store) Pushable(ctx context.Context, now time.Time, limit int) ([]repor
 // pushableHoursSQL counts the due SDRs (PENDING or SENT, next attempt not after ?) per hour, oldest first.
 const pushableHoursSQL = `SELECT st_hour, count() FROM (SELECT metering_sn, argMax(hour_ms, (epoch, version)) AS st_hour,
 argMax(state, (epoch, version)) AS st_state, argMax(next_attempt_ms, (epoch, version)) AS st_next FROM sdr_states
-GROUP BY metering_sn HAVING st_state IN ('PENDING', 'SENT') AND st_next <= ?) GROUP BY st_hour ORDER BY st_hour`
+WHERE ` + inOpenIndex + ` GROUP BY metering_sn HAVING st_state IN ('PENDING', 'SENT') AND st_next <= ?) GROUP BY st_hour ORDER BY st_hour`
 
 // MarkSending records one attempt of unknown outcome on each SDR still PENDING or SENT before its batch is sent
 // (report.Ledger): write-ahead, so that a lost answer is known to be possible.
@@ -731,6 +835,11 @@ const currentStateOf = `SELECT metering_sn, argMax(state, (epoch, version)) AS s
 
 // StateCounts counts SDRs by state (report.Ledger).
 func (s *Store) StateCounts(ctx context.Context) (map[report.State]int, error) {
+	if s.spillBytes > 0 {
+		// This groups every state row ever written (unlike the push's reads, which the open index bounds): past a
+		// few days at 100,000 instances it needs more than the server's per-query memory, so it spills to disk.
+		ctx = ch.Context(ctx, ch.WithSettings(ch.Settings{"max_bytes_before_external_group_by": int(s.spillBytes)}))
+	}
 	rows, err := s.conn.Query(ctx, `SELECT st_state, count() FROM (`+currentStateOf+`) WHERE metering_sn IN (SELECT metering_sn FROM sdrs)
 GROUP BY st_state`)
 	if err != nil {
@@ -749,11 +858,16 @@ GROUP BY st_state`)
 	return out, rows.Err()
 }
 
+// oldestUnacceptedSQL reads the due time of the oldest open SDR, how many are past due (?), and whether there are
+// any, from the SDRs in the open index.
+const oldestUnacceptedSQL = `SELECT min(due_ms), uniqExactIf(metering_sn, due_ms < ?), count() FROM sdrs
+WHERE ` + inOpenInstanceHours + ` AND metering_sn IN (SELECT metering_sn FROM (SELECT metering_sn, argMax(state, (epoch, version)) AS st_state
+FROM sdr_states WHERE ` + inOpenIndex + ` GROUP BY metering_sn) WHERE st_state IN ('PENDING', 'SENT'))`
+
 // OldestUnaccepted returns the due time of the oldest SDR still to push and how many are past due, the SDRs of the
 // instances in skip left out (report.Ledger).
 func (s *Store) OldestUnaccepted(ctx context.Context, now time.Time, skip []string) (time.Time, int, error) {
-	q := `SELECT min(due_ms), uniqExactIf(metering_sn, due_ms < ?), count() FROM sdrs
-WHERE metering_sn IN (SELECT metering_sn FROM (` + currentStateOf + `) WHERE st_state IN ('PENDING', 'SENT'))`
+	q := oldestUnacceptedSQL
 	args := []any{now.UnixMilli()}
 	if len(skip) > 0 {
 		q += ` AND NOT has(?, instance_id)` // the driver binds a []string as one array literal

@@ -31,10 +31,24 @@ func TestSDRsSQL(t *testing.T) {
 		}
 	}
 	// The fencing: every current-state read ranks rows by (epoch, version), never by version alone.
-	for _, q := range []string{stateAgg, pushableHoursSQL, currentStateOf, periodUsageSQL} {
+	for _, q := range []string{stateAgg, pushableHoursSQL, currentStateOf, periodUsageSQL, oldestUnacceptedSQL, compactOpenSQL} {
 		if strings.Count(q, "argMax(") != strings.Count(q, ", (epoch, version))") {
 			t.Errorf("a current state not ranked by (epoch, version): %s", q)
 		}
+	}
+
+	// The push's read: only the SDRs in the open index, through each table's sorting key.
+	q, args = sdrsSQL(sdrWhere{hours: []int64{h.UnixMilli()}, open: true, states: []report.State{report.Pending}})
+	want = sdrSelect + " FROM sdrs ALL INNER JOIN (SELECT metering_sn, " + stateAgg + " FROM sdr_states WHERE hour_ms IN (?)" +
+		" AND (hour_ms, metering_sn) IN (SELECT hour_ms, metering_sn FROM sdr_open) GROUP BY metering_sn HAVING st_state IN (?))" +
+		" USING metering_sn WHERE hour_ms IN (?) AND (hour_ms, metering_sn) IN (SELECT hour_ms, metering_sn FROM sdr_open)" +
+		" AND (hour_ms, instance_id) IN (SELECT hour_ms, instance_id FROM sdr_open)" +
+		" ORDER BY hour_ms, instance_id, revision, created_ms LIMIT 1 BY metering_sn"
+	if q != want || len(args) != 3 {
+		t.Errorf("open\n got %s %v\nwant %s", q, args, want)
+	}
+	if !strings.Contains(pushableHoursSQL, "FROM sdr_states\nWHERE "+inOpenIndex+" GROUP BY") {
+		t.Errorf("pushable hours not read through the open index: %s", pushableHoursSQL)
 	}
 
 	q, args = sdrsSQL(sdrWhere{hours: []int64{h.UnixMilli()}, periods: []bill.Period{{InstanceID: "i-2", Begin: h.Add(20 * time.Minute),

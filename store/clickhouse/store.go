@@ -111,6 +111,9 @@ type Store struct {
 	snaps snapshots // stream-fed stores only
 
 	spillBytes uint64 // max_bytes_before_external_group_by of the hour totals: half the server's max_memory_usage
+
+	omu          sync.Mutex // one compaction of the open index at a time in this process
+	compactedGen int64      // the generation of the open index this process last compacted in
 }
 
 // Open connects, creates the database if needed, applies pending migrations and loads the sequence counters.
