@@ -12,6 +12,9 @@
 -- re-report is a new SDR with a row of its own. The index may list an SDR that is final (not compacted yet, or a
 -- copy raced with its last attempt): readers take the state from sdr_states, never from here. It must never miss
 -- an open one, which is why rows are written first and only SDRs known final are dropped.
+--
+-- Upgrade: stop the schedulers (and `meterd push`, `report reconcile --bill`) of the previous version before
+-- migrating. An SDR they build after the backfill below would not be listed, and the new version would not push it.
 CREATE TABLE IF NOT EXISTS sdr_open (
     metering_sn String,
     hour_ms     Int64,
