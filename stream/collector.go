@@ -197,6 +197,8 @@ func (c *Collector) Run(ctx context.Context) error {
 				}
 				return err
 			}
+		} else if c.src.Rebalanced() {
+			c.forgetPartitions() // idle, maybe with no partition left: nothing else would drop their series
 		}
 		if fetchErr == nil {
 			retry = c.backoff()
@@ -220,12 +222,22 @@ func (c *Collector) Close() error {
 	return errors.Join(c.src.Close(), c.dlq.Close())
 }
 
+// idleCheck is how long a collector waits for a first message before it returns an empty batch, so that one left
+// without partitions by a rebalance still notices it and drops their series (forgetPartitions).
+const idleCheck = 10 * time.Second
+
 // fetchBatch appends to batch up to batchSize messages, and stops at the first that brings their values to
-// batchBytes: it waits as long as it takes for the first, then at most batchWait for the rest. A fetch error ends
-// the batch early; the messages before it are returned with it.
+// batchBytes: it waits at most idleCheck for the first (returning none), then at most batchWait for the rest. A
+// fetch error ends the batch early; the messages before it are returned with it.
 func (c *Collector) fetchBatch(ctx context.Context, batch []kafka.Message) ([]kafka.Message, error) {
-	first, err := c.src.FetchMessage(ctx)
+	fctx, cancelFirst := context.WithTimeout(ctx, idleCheck)
+	first, err := c.src.FetchMessage(fctx)
+	idle := fctx.Err() != nil && ctx.Err() == nil // read before cancelFirst, which sets fctx.Err
+	cancelFirst()
 	if err != nil {
+		if idle {
+			return batch, nil
+		}
 		return batch, err
 	}
 	batch = append(batch, first)

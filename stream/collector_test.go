@@ -540,7 +540,7 @@ func TestCollectorKafkaErrors(t *testing.T) {
 }
 
 // TestCollectorRebalanceForgetsPartitions: after a rebalance the per-partition series this collector set are
-// dropped, so that a partition now owned by another member is not reported twice.
+// dropped, so that a partition now owned by another member is not reported twice, also when no batch follows.
 func TestCollectorRebalanceForgetsPartitions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := newRig(t, 100, time.Second)
@@ -566,6 +566,16 @@ func TestCollectorRebalanceForgetsPartitions(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(r.metrics.committedTime.WithLabelValues("1")); got != float64(now.Unix()) {
 			t.Errorf("committed message time %v", got)
+		}
+		// A rebalance that leaves this collector no partition: no batch comes, and the series still go once it
+		// has waited idleCheck for a first message.
+		r.log.mu.Lock()
+		r.log.rebalanced = true
+		r.log.mu.Unlock()
+		time.Sleep(idleCheck + time.Second)
+		synctest.Wait()
+		if n, m := testutil.CollectAndCount(r.metrics.lag), testutil.CollectAndCount(r.metrics.committedTime); n != 0 || m != 0 {
+			t.Errorf("%d lag and %d committed time series after a rebalance that left no partition, want none", n, m)
 		}
 		r.stop(t)
 	})
