@@ -104,11 +104,10 @@ func (m *Metrics) paused(p bool) {
 
 // ledger sets the ledger gauges; nil counts (they could not be read) leave meterd_push_sdrs as it was.
 func (m *Metrics) ledger(counts map[State]int, due time.Time, pastDue int, enabled, halted bool) {
-	for _, s := range States {
-		if counts == nil {
-			break
+	if counts != nil {
+		for _, s := range States {
+			m.sdrs.WithLabelValues(string(s)).Set(float64(counts[s]))
 		}
-		m.sdrs.WithLabelValues(string(s)).Set(float64(counts[s]))
 	}
 	if due.IsZero() {
 		m.oldestDue.Set(0)

@@ -302,10 +302,9 @@ func (s *Store) indexOpen(ctx context.Context, sdrs []report.SDR) error {
 // compactOpenSQL copies, into generation ? (the current one), one row of each SDR listed in the generations before
 // ? (a cutoff) that is not known to be final. An SDR without a state row (a crash between the index and the state
 // insert, or a writer still between them) is kept: only a final state is proof that the push no longer needs it.
-const compactOpenSQL = `INSERT INTO sdr_open (metering_sn, hour_ms, instance_id, gen)
+var compactOpenSQL = `INSERT INTO sdr_open (metering_sn, hour_ms, instance_id, gen)
 SELECT metering_sn, any(hour_ms), any(instance_id), ? FROM sdr_open WHERE gen < ? AND metering_sn NOT IN (
-SELECT metering_sn FROM (SELECT metering_sn, argMax(state, (epoch, version)) AS st_state FROM sdr_states
-WHERE (hour_ms, metering_sn) IN (SELECT hour_ms, metering_sn FROM sdr_open WHERE gen < ?) GROUP BY metering_sn)
+SELECT metering_sn FROM (` + currentStateOf(`(hour_ms, metering_sn) IN (SELECT hour_ms, metering_sn FROM sdr_open WHERE gen < ?)`) + `)
 WHERE st_state NOT IN ('PENDING', 'SENT')) GROUP BY metering_sn`
 
 // compactOpen shrinks the open index once per generation: the rows of the generations before the previous one are
@@ -830,8 +829,15 @@ func (s *Store) SetPause(ctx context.Context, instanceID string, paused bool, no
 	return nil
 }
 
-// currentStateOf is the current state of every stored SDR (an SDR exists once its sdrs row does).
-const currentStateOf = `SELECT metering_sn, argMax(state, (epoch, version)) AS st_state FROM sdr_states GROUP BY metering_sn`
+// currentStateOf reads the current state (st_state) of each SDR with sdr_states rows matching where ("" for every
+// SDR; an SDR exists once its sdrs row does). The one place the state reads of the open index and the counts rank
+// rows, by (epoch, version) as the fencing requires.
+func currentStateOf(where string) string {
+	if where != "" {
+		where = " WHERE " + where
+	}
+	return `SELECT metering_sn, argMax(state, (epoch, version)) AS st_state FROM sdr_states` + where + ` GROUP BY metering_sn`
+}
 
 // StateCounts counts SDRs by state (report.Ledger).
 func (s *Store) StateCounts(ctx context.Context) (map[report.State]int, error) {
@@ -840,7 +846,7 @@ func (s *Store) StateCounts(ctx context.Context) (map[report.State]int, error) {
 		// few days at 100,000 instances it needs more than the server's per-query memory, so it spills to disk.
 		ctx = ch.Context(ctx, ch.WithSettings(ch.Settings{"max_bytes_before_external_group_by": int(s.spillBytes)}))
 	}
-	rows, err := s.conn.Query(ctx, `SELECT st_state, count() FROM (`+currentStateOf+`) WHERE metering_sn IN (SELECT metering_sn FROM sdrs)
+	rows, err := s.conn.Query(ctx, `SELECT st_state, count() FROM (`+currentStateOf("")+`) WHERE metering_sn IN (SELECT metering_sn FROM sdrs)
 GROUP BY st_state`)
 	if err != nil {
 		return nil, fmt.Errorf("count SDRs: %w", err)
@@ -860,9 +866,9 @@ GROUP BY st_state`)
 
 // oldestUnacceptedSQL reads the due time of the oldest open SDR, how many are past due (?), and whether there are
 // any, from the SDRs in the open index.
-const oldestUnacceptedSQL = `SELECT min(due_ms), uniqExactIf(metering_sn, due_ms < ?), count() FROM sdrs
-WHERE ` + inOpenInstanceHours + ` AND metering_sn IN (SELECT metering_sn FROM (SELECT metering_sn, argMax(state, (epoch, version)) AS st_state
-FROM sdr_states WHERE ` + inOpenIndex + ` GROUP BY metering_sn) WHERE st_state IN ('PENDING', 'SENT'))`
+var oldestUnacceptedSQL = `SELECT min(due_ms), uniqExactIf(metering_sn, due_ms < ?), count() FROM sdrs
+WHERE ` + inOpenInstanceHours + ` AND metering_sn IN (SELECT metering_sn FROM (` + currentStateOf(inOpenIndex) + `)
+WHERE st_state IN ('PENDING', 'SENT'))`
 
 // OldestUnaccepted returns the due time of the oldest SDR still to push and how many are past due, the SDRs of the
 // instances in skip left out (report.Ledger).
@@ -870,7 +876,9 @@ func (s *Store) OldestUnaccepted(ctx context.Context, now time.Time, skip []stri
 	q := oldestUnacceptedSQL
 	args := []any{now.UnixMilli()}
 	if len(skip) > 0 {
-		q += ` AND NOT has(?, instance_id)` // the driver binds a []string as one array literal
+		// The driver binds a []string as one array literal in the query text, so thousands of frozen instances
+		// would meet max_query_size (256 KiB); the read then fails and is logged, and the gauges keep their values.
+		q += ` AND NOT has(?, instance_id)`
 		args = append(args, skip)
 	}
 	var due int64

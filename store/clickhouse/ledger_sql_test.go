@@ -31,7 +31,7 @@ func TestSDRsSQL(t *testing.T) {
 		}
 	}
 	// The fencing: every current-state read ranks rows by (epoch, version), never by version alone.
-	for _, q := range []string{stateAgg, pushableHoursSQL, currentStateOf, periodUsageSQL, oldestUnacceptedSQL, compactOpenSQL} {
+	for _, q := range []string{stateAgg, pushableHoursSQL, currentStateOf(""), periodUsageSQL, oldestUnacceptedSQL, compactOpenSQL} {
 		if strings.Count(q, "argMax(") != strings.Count(q, ", (epoch, version))") {
 			t.Errorf("a current state not ranked by (epoch, version): %s", q)
 		}
